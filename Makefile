@@ -1,0 +1,41 @@
+# vaelab — every command installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: install train sweep test lint format tensorboard bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: install  ## train with the default config (MNIST, MLP VAE); add Hydra overrides in ARGS
+	$(BIN)/python src/train.py $(ARGS)
+
+sweep: install  ## Hydra multirun over the latent size
+	$(BIN)/python src/train.py -m latent_dim=2,16,64 $(ARGS)
+
+test: install  ## the whole test suite
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: install
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+
+format: install
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir outputs
+
+clean:  ## remove run outputs and caches (keeps the venv and your data)
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache lightning_logs
+	find . -name __pycache__ -not -path "./$(VENV)/*" -exec rm -rf {} +

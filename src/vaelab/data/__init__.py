@@ -1,0 +1,13 @@
+"""LightningDataModules serving cached uint8 image tensors."""
+
+from vaelab.data.base import ImageDataModule, to_unit_float
+from vaelab.data.celeba import CelebADataModule
+from vaelab.data.mnist import FashionMNISTDataModule, MNISTDataModule
+
+__all__ = [
+    "ImageDataModule",
+    "CelebADataModule",
+    "MNISTDataModule",
+    "FashionMNISTDataModule",
+    "to_unit_float",
+]

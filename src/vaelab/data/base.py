@@ -1,0 +1,113 @@
+"""What every vaelab dataset shares: cached uint8 splits served as tensor slices.
+
+A subclass says how to check its source files and how to decode them into
+``{"train"|"val"|"test": {"images": uint8 (N,C,H,W), "labels": (N,...)}}``; this base class
+caches that, serves batches with :class:`TensorBatchLoader`, and turns them into floats
+in [0, 1] after they reach the device (binarised for a Bernoulli decoder if asked).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from vaelab.data.cache import cache_key, load_or_build
+from vaelab.data.loader import EpochBatchSampler, TensorBatchLoader
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class ImageDataModule(L.LightningDataModule, abc.ABC):
+    image_shape: tuple[int, int, int]
+    name: str
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+        binarize: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.root, self.cache_dir = str(root), str(cache_dir)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.binarize, self.seed = binarize, seed
+        self.splits: dict[str, dict[str, Tensor]] = {}
+
+    # -- what a dataset provides -------------------------------------------------
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise :class:`UserError` saying what to download and where, if sources are missing."""
+
+    @abc.abstractmethod
+    def cache_params(self) -> dict:
+        """Everything the decoded splits depend on: source fingerprints + preprocessing."""
+
+    @abc.abstractmethod
+    def decode_splits(self) -> dict[str, Tensor]:
+        """Decode the sources into flat tensors ``{"train/images": …, "train/labels": …}``."""
+
+    # -- shared machinery --------------------------------------------------------
+    def load_splits(self) -> dict[str, dict[str, Tensor]]:
+        self.check()
+        flat = load_or_build(self.cache_dir, self.name, cache_key(**self.cache_params()), self.decode_splits)
+        splits = {s: {k.split("/")[1]: v for k, v in flat.items() if k.startswith(s + "/")} for s in SPLITS}
+        if self.binarize:  # fixed binarisation of the evaluation data, dynamic for train
+            for s in ("val", "test"):
+                splits[s]["images"] = binarize_uint8(splits[s]["images"], self.seed + SPLITS.index(s))
+        return splits
+
+    def prepare_data(self) -> None:
+        self.load_splits()  # on one process per node: builds the cache before ranks read it
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.load_splits()
+            sizes = ", ".join(f"{s} {len(v['images'])}" for s, v in self.splits.items())
+            log.info("%s: %s images of shape %s", self.name, sizes, tuple(self.image_shape))
+
+    def _loader(self, split: str, shuffle: bool) -> TensorBatchLoader:
+        data = self.splits[split]
+        sampler = EpochBatchSampler(
+            len(data["images"]),
+            self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+        )
+        return TensorBatchLoader(data["images"], data["labels"], sampler)
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        x = to_unit_float(images)
+        if self.binarize and self.trainer is not None and self.trainer.training:
+            x = torch.bernoulli(x)
+        return x, labels
+
+
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] → float32 [0, 1], on whatever device the batch is."""
+    return images.float().div_(255.0)
+
+
+def binarize_uint8(images: Tensor, seed: int) -> Tensor:
+    """A fixed stochastic binarisation (pixel on with probability = intensity), as uint8 0/255."""
+    g = torch.Generator().manual_seed(seed)
+    probs = images.float().div_(255.0)
+    return (torch.rand(probs.shape, generator=g) < probs).to(torch.uint8).mul_(255)

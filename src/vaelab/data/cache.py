@@ -1,0 +1,75 @@
+"""A disk cache of decoded splits, keyed on the source files and the preprocessing.
+
+Decoding (gunzip + parse, or JPEG decode + crop + resize) happens once; later runs load
+one uint8 tensor file. The key hashes each source file's path, size and mtime with the
+preprocessing parameters, so a changed source or setting builds a new entry instead of
+serving stale data. Writes go to a temp file renamed into place, so a killed build never
+leaves a half-written cache; an unreadable entry is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def file_fingerprint(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """(absolute path, size, mtime in ns) of each file: cheap, and changes when a file does."""
+    out = []
+    for p in paths:
+        st = Path(p).stat()
+        out.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def cache_key(**parts) -> str:
+    blob = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_or_build(
+    cache_dir: str | os.PathLike, name: str, key: str, build: Callable[[], dict[str, Tensor]]
+) -> dict[str, Tensor]:
+    """The cached dict of tensors ``<cache_dir>/<name>-<key>.pt``, built by ``build`` if absent."""
+    path = Path(cache_dir) / f"{name}-{key}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt or truncated: rebuilding is always safe
+            log.warning("cache file %s is unreadable (%s); rebuilding it", path, err)
+    tensors = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save(tensors, path)
+        log.info("cached %s at %s", name, path)
+    except OSError as err:  # read-only or full: train anyway, decode again next run
+        log.warning(
+            "cannot write the data cache %s (%s); continuing without it. Point "
+            "paths.cache_dir at a writable folder to skip decoding next time.",
+            path,
+            err.strerror or err,
+        )
+    return tensors

@@ -1,0 +1,240 @@
+"""CelebA aligned faces from the official layout, center-cropped and resized once, at caching.
+
+Expects ``<root>/celeba/img_align_celeba/*.jpg`` and ``<root>/celeba/list_eval_partition.txt``
+(torchvision's layout). Works on partial copies: partition rows whose image is missing are
+dropped, and an emptied valid/test split is carved from train. The square crop is a
+fraction of the image width (148/178, the customary crop of the 178×218 originals), so
+images at another resolution get the same framing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from vaelab.data.base import SPLITS, ImageDataModule
+from vaelab.data.cache import file_fingerprint
+from vaelab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PARTITION_IDS = {"0": "train", "1": "val", "2": "test"}
+DOWNLOAD_HINT = (
+    "Download CelebA's 'Align&Cropped Images' (img_align_celeba.zip) and "
+    "list_eval_partition.txt (and optionally list_attr_celeba.txt) from the CelebA site "
+    "(mmlab.ie.cuhk.edu.hk/projects/CelebA.html), and lay them out as "
+    "<data_dir>/celeba/img_align_celeba/000001.jpg … and <data_dir>/celeba/list_eval_partition.txt; "
+    "then pass paths.data_dir=<data_dir>."
+)
+
+
+def decode_face(path: str, size: int, crop_fraction: float) -> np.ndarray | None:
+    """One image → uint8 (3, size, size): centered square crop of the width, then resize.
+
+    Returns None for an unreadable image (the caller skips and counts it).
+    """
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            side = max(1, round(w * crop_fraction))
+            # Let the JPEG decoder downscale by 2/4/8 when that still leaves ≥ size pixels.
+            scale = size / side
+            im.draft("RGB", (int(np.ceil(w * scale)), int(np.ceil(h * scale))))
+            ratio = im.size[0] / w
+            w, h, side = im.size[0], im.size[1], max(1, round(side * ratio))
+            left, top = (w - side) // 2, max(0, (h - side) // 2)
+            im = im.convert("RGB").crop((left, top, left + side, top + side))
+            im = im.resize((size, size), Image.BILINEAR)
+            return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        return None
+
+
+def _decode_chunk(args) -> list[np.ndarray | None]:
+    paths, size, crop = args
+    return [decode_face(p, size, crop) for p in paths]
+
+
+class CelebADataModule(ImageDataModule):
+    name = "celeba"
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        image_size: int = 64,
+        crop_fraction: float = 148 / 178,
+        carve_fraction: float = 0.05,
+        decode_workers: int | None = None,
+        **kw,
+    ):
+        super().__init__(root, cache_dir, **kw)
+        self.image_size, self.crop_fraction = image_size, crop_fraction
+        self.carve_fraction, self.decode_workers = carve_fraction, decode_workers
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def base(self) -> Path:
+        return Path(self.root) / "celeba"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.base / "img_align_celeba"
+
+    @property
+    def partition_file(self) -> Path:
+        return self.base / "list_eval_partition.txt"
+
+    @property
+    def attr_file(self) -> Path:
+        return self.base / "list_attr_celeba.txt"
+
+    def check(self) -> None:
+        if not self.image_dir.is_dir():
+            raise UserError(f"CelebA images not found: {self.image_dir} does not exist. {DOWNLOAD_HINT}")
+        if not self.partition_file.is_file():
+            raise UserError(
+                f"CelebA partition file not found: {self.partition_file} does not exist. {DOWNLOAD_HINT}"
+            )
+
+    def _image_names(self) -> set[str]:
+        with os.scandir(self.image_dir) as it:
+            return {e.name for e in it if e.name.lower().endswith((".jpg", ".jpeg", ".png"))}
+
+    def cache_params(self) -> dict:
+        names = sorted(self._image_names())
+        meta = [p for p in (self.partition_file, self.attr_file) if p.is_file()]
+        return {
+            "meta": file_fingerprint(meta),
+            "images": [
+                str(self.image_dir.resolve()),
+                len(names),
+                hashlib.sha1("\n".join(names).encode()).hexdigest(),
+            ],
+            "size": self.image_size,
+            "crop": self.crop_fraction,
+            "carve": self.carve_fraction,
+        }
+
+    def assign_splits(self) -> dict[str, list[str]]:
+        """File names per split: the official partition, restricted to images present."""
+        present = self._image_names()
+        splits: dict[str, list[str]] = {s: [] for s in SPLITS}
+        with open(self.partition_file) as f:
+            for line_no, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 2 or parts[1] not in PARTITION_IDS:
+                    raise UserError(
+                        f"{self.partition_file}, line {line_no}: expected '<image>.jpg <0|1|2>', "
+                        f"got {line.strip()!r}. Fetch list_eval_partition.txt again."
+                    )
+                if parts[0] in present:
+                    splits[PARTITION_IDS[parts[1]]].append(parts[0])
+        if not splits["train"]:
+            raise UserError(
+                f"None of the images listed in {self.partition_file}'s train split is in "
+                f"{self.image_dir}. {DOWNLOAD_HINT}"
+            )
+        return self._carve_empty(splits)
+
+    def _carve_empty(self, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+        empty = [s for s in ("val", "test") if not splits[s]]
+        if not empty:
+            return splits
+        train = splits["train"]
+        n = max(1, int(len(train) * self.carve_fraction))
+        if len(train) <= n * len(empty):
+            raise UserError(f"CelebA has only {len(train)} training images: too few to carve {empty} from.")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+        for i, s in enumerate(empty):
+            splits[s] = [train[j] for j in sorted(order[i * n : (i + 1) * n])]
+        taken = set(order[: n * len(empty)])
+        splits["train"] = [name for j, name in enumerate(train) if j not in taken]
+        log.warning(
+            "CelebA split(s) %s have no images here; carved %d images each from train "
+            "(%.0f%%), leaving %d for training.",
+            "/".join(empty),
+            n,
+            100 * self.carve_fraction,
+            len(splits["train"]),
+        )
+        return splits
+
+    def _attributes(self, names: list[str]) -> torch.Tensor:
+        """(N, 40) int8 attributes in {0, 1}; (N, 0) when the attribute file is absent."""
+        if not self.attr_file.is_file():
+            return torch.zeros(len(names), 0, dtype=torch.int8)
+        rows = {}
+        with open(self.attr_file) as f:
+            next(f), next(f)
+            for line in f:
+                parts = line.split()
+                if parts:
+                    rows[parts[0]] = [v == "1" for v in parts[1:]]
+        width = len(next(iter(rows.values()))) if rows else 0
+        missing = [False] * width
+        return torch.tensor([rows.get(n, missing) for n in names], dtype=torch.int8).view(len(names), width)
+
+    def decode_splits(self) -> dict[str, torch.Tensor]:
+        splits = self.assign_splits()
+        names = [n for s in SPLITS for n in splits[s]]
+        images, ok = self._decode_all(names)
+        bad = {n for n, good in zip(names, ok.tolist(), strict=True) if not good}
+        if bad:
+            log.warning(
+                "skipped %d unreadable CelebA image(s) (e.g. %s); re-download them to use them.",
+                len(bad),
+                ", ".join(str(self.image_dir / b) for b in sorted(bad)[:3]),
+            )
+            images = images[ok]  # the only copy, and only when some images were bad
+            splits = {s: [n for n in splits[s] if n not in bad] for s in SPLITS}
+        attrs = self._attributes([n for s in SPLITS for n in splits[s]])
+        out, start = {}, 0
+        for s in SPLITS:  # splits are consecutive slices (views) of one tensor
+            if not splits[s]:
+                raise UserError(f"CelebA split {s!r} has no readable images in {self.image_dir}.")
+            end = start + len(splits[s])
+            out[f"{s}/images"], out[f"{s}/labels"] = images[start:end], attrs[start:end]
+            start = end
+        return out
+
+    def _decode_all(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode into one preallocated uint8 tensor (never a second copy) + an ok mask."""
+        size = self.image_size
+        images = torch.zeros(len(names), 3, size, size, dtype=torch.uint8)
+        ok = torch.zeros(len(names), dtype=torch.bool)
+        paths = [str(self.image_dir / n) for n in names]
+        chunk = 256
+        jobs = [(paths[i : i + chunk], size, self.crop_fraction) for i in range(0, len(paths), chunk)]
+        workers = min(self.decode_workers or os.cpu_count() or 1, len(jobs))
+        desc = f"Caching CelebA {size}x{size}"
+        with tqdm(total=len(paths), desc=desc, unit="img") as bar:
+            if workers <= 1:
+                results = map(_decode_chunk, jobs)
+                self._fill(images, ok, results, chunk, bar)
+            else:
+                with ProcessPoolExecutor(workers) as pool:
+                    self._fill(images, ok, pool.map(_decode_chunk, jobs), chunk, bar)
+        return images, ok
+
+    @staticmethod
+    def _fill(images, ok, results, chunk, bar) -> None:
+        for j, arrays in enumerate(results):
+            for i, arr in enumerate(arrays, start=j * chunk):
+                if arr is not None:
+                    images[i] = torch.from_numpy(arr)
+                    ok[i] = True
+            bar.update(len(arrays))

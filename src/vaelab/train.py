@@ -1,0 +1,74 @@
+"""Build a training run from a composed config and run it; no Hydra decorators here,
+so tests (and notebooks) call :func:`run` with a config from ``hydra.compose``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from vaelab.config import config_tree, validate
+
+log = logging.getLogger(__name__)
+
+
+def _route_lightning_logs_to_root() -> None:
+    """Lightning adds its own stderr handler; under Hydra's logging that prints every line twice."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+
+
+@rank_zero_only
+def _show_config(cfg: DictConfig) -> None:
+    print(config_tree(cfg), flush=True)
+
+
+def build(cfg: DictConfig):
+    """(datamodule, model, trainer) as the config describes them."""
+    datamodule = instantiate(cfg.dataset)
+    datamodule.check()  # a missing dataset fails here, with its message, before any setup
+    model = instantiate(cfg.model, image_shape=datamodule.image_shape)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    return datamodule, model, trainer
+
+
+def _finite_floats(metrics) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        v = float(value)
+        out[key] = v if math.isfinite(v) else None
+    return out
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) the configured VAE; write ``metrics.json`` into the run dir."""
+    validate(cfg)
+    _route_lightning_logs_to_root()
+    _show_config(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = _finite_floats(trainer.callback_metrics)
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update(_finite_floats(trainer.callback_metrics))
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / "metrics.json"
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        log.info(
+            "metrics: %s",
+            ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if v is not None),
+        )
+    return metrics

@@ -1,0 +1,121 @@
+"""Shared fixtures: tiny real-format datasets and composed Hydra configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from vaelab.data.idx import write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+TRAIN_SCRIPT = ROOT / "src" / "train.py"
+
+
+def make_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n 28×28 uint8 'digits': a class-dependent bar on noise, so a VAE has something to learn."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = (rng.random((n, 28, 28)) * 40).astype(np.uint8)
+    for i, y in enumerate(labels):
+        images[i, 4 + 2 * y : 7 + 2 * y, 4:24] = 255
+    return images, labels
+
+
+def write_mnist(root: Path, n_train: int = 320, n_test: int = 120, gz: bool = True) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = make_digits(n, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte{ext}", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte{ext}", labels)
+    return root
+
+
+def write_celeba(root: Path, partition: dict[int, int] | None = None, size=(89, 109), n: int = 48) -> Path:
+    """A CelebA tree of n real JPEGs (coloured gradients + a 'face' disc) and its txt files."""
+    base = root / "celeba"
+    img_dir = base / "img_align_celeba"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    partition = partition or {i: (0 if i <= n - 16 else 1 if i <= n - 8 else 2) for i in range(1, n + 1)}
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in partition:
+        rgb = rng.integers(0, 255, 3)
+        disc = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) < (w / 3) ** 2
+        arr = np.zeros((h, w, 3), np.uint8)
+        arr[:] = rgb
+        arr[disc] = 255 - rgb
+        Image.fromarray(arr).save(img_dir / f"{i:06d}.jpg", quality=90)
+    lines = [f"{i:06d}.jpg {p}" for i, p in partition.items()]
+    (base / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    names = " ".join(f"Attr{j}" for j in range(40))
+    rows = [
+        f"{i:06d}.jpg " + " ".join("1" if (i + j) % 3 == 0 else "-1" for j in range(40)) for i in partition
+    ]
+    (base / "list_attr_celeba.txt").write_text(f"{len(rows)}\n{names} \n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def mnist_root(tmp_path) -> Path:
+    return write_mnist(tmp_path / "data")
+
+
+@pytest.fixture
+def celeba_root(tmp_path) -> Path:
+    return write_celeba(tmp_path / "data")
+
+
+def tiny_overrides(data_dir: Path, out_dir: Path, cache_dir: Path) -> list[str]:
+    """Overrides for a seconds-long run: tiny batches, two steps, small grids."""
+    return [
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={out_dir}",
+        f"paths.cache_dir={cache_dir}",
+        "dataset.batch_size=16",
+        "dataset.eval_batch_size=32",
+        "trainer.limit_train_batches=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.accelerator=cpu",
+        "callbacks.image_grids.n_reconstructions=8",
+        "callbacks.image_grids.n_samples=8",
+        "callbacks.image_grids.n_interpolations=2",
+        "callbacks.image_grids.interpolation_steps=4",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+
+
+@pytest.fixture
+def compose_train():
+    def _compose(overrides: list[str]):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+
+    return _compose
+
+
+def run_train_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300, env_extra=None):
+    """``python src/train.py ARGS`` in a subprocess; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_extra or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,19 @@
+"""Reading TensorBoard event files back, for tests that check what a run logged."""
+
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def read_events(log_dir: Path) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """(scalars by tag, image events by tag) merged over every event file under ``log_dir``."""
+    scalars: dict[str, list[float]] = {}
+    images: dict[str, list] = {}
+    for f in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
+        for tag in acc.Tags()["images"]:
+            images.setdefault(tag, []).extend(acc.Images(tag))
+    return scalars, images

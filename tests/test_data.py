@@ -1,0 +1,204 @@
+"""Datamodules on tiny data in the real formats: IDX files and a CelebA tree of JPEGs."""
+
+import gzip
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_digits, write_celeba, write_mnist
+
+from vaelab.data import CelebADataModule, MNISTDataModule
+from vaelab.data.celeba import decode_face
+from vaelab.data.idx import read_idx, write_idx
+from vaelab.data.loader import EpochBatchSampler
+from vaelab.errors import UserError
+
+
+def _mnist(root, tmp_path, **kw):
+    kw.setdefault("val_size", 20)
+    return MNISTDataModule(str(root), str(tmp_path / "cache"), download=False, **kw)
+
+
+# -- IDX --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
+def test_idx_round_trip(tmp_path, name):
+    images, _ = make_digits(7, 0)
+    write_idx(tmp_path / name, images)
+    out = read_idx(tmp_path / name)
+    assert out.dtype == torch.uint8 and out.shape == (7, 28, 28)
+    assert np.array_equal(out.numpy(), images)
+
+
+def test_truncated_idx_names_file_and_sizes(tmp_path):
+    images, _ = make_digits(5, 0)
+    path = tmp_path / "t.idx"
+    write_idx(path, images)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UserError, match=r"t\.idx is truncated.*needs 3936"):
+        read_idx(path)
+
+
+def test_bad_magic_is_reported(tmp_path):
+    (tmp_path / "x.gz").write_bytes(gzip.compress(b"\x01\x02\x03\x04rest"))
+    with pytest.raises(UserError, match="not an IDX file"):
+        read_idx(tmp_path / "x.gz")
+
+
+# -- MNIST ------------------------------------------------------------------------
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_splits_shapes_and_labels(tmp_path, gz):
+    root = write_mnist(tmp_path / "d", n_train=100, n_test=30, gz=gz)
+    dm = _mnist(root, tmp_path)
+    dm.setup()
+    sizes = {s: len(v["images"]) for s, v in dm.splits.items()}
+    assert sizes == {"train": 80, "val": 20, "test": 30}
+    train = dm.splits["train"]
+    assert train["images"].dtype == torch.uint8 and train["images"].shape[1:] == (1, 28, 28)
+    assert train["labels"].dtype == torch.int64
+    # every train+val image is one of the source images, exactly once
+    src, labels = make_digits(100, 0)
+    both = torch.cat([dm.splits["train"]["images"], dm.splits["val"]["images"]]).squeeze(1)
+    assert sorted(map(bytes, both.numpy())) == sorted(map(bytes, src))
+
+
+def test_mnist_reads_a_read_only_folder_and_reuses_its_cache(tmp_path):
+    root = write_mnist(tmp_path / "ro", n_train=60, n_test=10)
+    for dirpath, _, files in os.walk(root):
+        os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), stat.S_IRUSR)
+    try:
+        dm = _mnist(root, tmp_path)
+        first = dm.load_splits()
+        cache_files = list((tmp_path / "cache").glob("mnist-*.pt"))
+        assert len(cache_files) == 1
+        mtime = cache_files[0].stat().st_mtime_ns
+        second = _mnist(root, tmp_path).load_splits()
+        assert cache_files[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
+        assert torch.equal(first["train"]["images"], second["train"]["images"])
+    finally:
+        for dirpath, _, _ in os.walk(root):
+            os.chmod(dirpath, 0o755)
+
+
+def test_cache_key_changes_with_preprocessing(tmp_path):
+    root = write_mnist(tmp_path / "d", n_train=60, n_test=10)
+    _mnist(root, tmp_path, val_size=10).load_splits()
+    _mnist(root, tmp_path, val_size=20).load_splits()
+    assert len(list((tmp_path / "cache").glob("mnist-*.pt"))) == 2
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    root = write_mnist(tmp_path / "d", n_train=60, n_test=10)
+    good = _mnist(root, tmp_path).load_splits()
+    (cache,) = (tmp_path / "cache").glob("mnist-*.pt")
+    cache.write_bytes(b"garbage")
+    again = _mnist(root, tmp_path).load_splits()
+    assert torch.equal(good["test"]["images"], again["test"]["images"])
+    assert cache.stat().st_size > 1000
+
+
+def test_missing_mnist_says_where_to_put_files(tmp_path):
+    dm = _mnist(tmp_path / "nothing", tmp_path)
+    with pytest.raises(UserError) as err:
+        dm.check()
+    msg = str(err.value)
+    assert str(tmp_path / "nothing" / "MNIST" / "raw") in msg
+    assert "train-images-idx3-ubyte.gz" in msg and "paths.data_dir" in msg
+
+
+def test_batches_become_floats_in_unit_range_and_binarised_on_request(tmp_path):
+    root = write_mnist(tmp_path / "d", n_train=60, n_test=10)
+    dm = _mnist(root, tmp_path, batch_size=8, binarize=True)
+    dm.setup()
+    images, labels = next(iter(dm.train_dataloader()))
+    x, y = dm.on_after_batch_transfer((images, labels), 0)
+    assert x.dtype == torch.float32 and x.shape == (8, 1, 28, 28)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert set(torch.unique(dm.splits["test"]["images"]).tolist()) <= {0, 255}
+
+
+# -- CelebA -----------------------------------------------------------------------
+def _celeba(root, tmp_path, **kw):
+    return CelebADataModule(str(root), str(tmp_path / "cache"), decode_workers=1, **kw)
+
+
+def test_celeba_official_splits_and_64px_colour(tmp_path):
+    root = write_celeba(tmp_path / "d", n=40)
+    dm = _celeba(root, tmp_path)
+    dm.setup()
+    assert {s: len(v["images"]) for s, v in dm.splits.items()} == {"train": 24, "val": 8, "test": 8}
+    assert dm.splits["train"]["images"].shape[1:] == (3, 64, 64)
+    assert dm.splits["train"]["labels"].shape == (24, 40)
+    assert set(dm.splits["train"]["labels"].unique().tolist()) == {0, 1}
+
+
+def test_celeba_partial_copy_keeps_present_rows_and_carves_empty_splits(tmp_path, caplog):
+    root = write_celeba(tmp_path / "d", partition={i: 0 for i in range(1, 41)})
+    with open(root / "celeba" / "list_eval_partition.txt", "a") as f:
+        f.write("999999.jpg 1\n999998.jpg 2\n")  # listed but absent: must be dropped
+    dm = _celeba(root, tmp_path, carve_fraction=0.1)
+    dm.setup()
+    assert {s: len(v["images"]) for s, v in dm.splits.items()} == {"train": 32, "val": 4, "test": 4}
+    assert "carved 4 images each from train" in caplog.text
+
+
+@pytest.mark.parametrize("size", [(178, 218), (89, 109)])
+def test_crop_is_a_fraction_of_the_width(tmp_path, size):
+    # a 2-pixel red frame just outside the 148/178 crop must not appear in the 64×64 result
+    from PIL import Image
+
+    w, h = size
+    arr = np.full((h, w, 3), 128, np.uint8)
+    side = round(w * 148 / 178)
+    left = (w - side) // 2
+    arr[:, : left - 1] = arr[:, left + side + 1 :] = (255, 0, 0)
+    path = tmp_path / "img.png"
+    Image.fromarray(arr).save(path)
+    out = decode_face(str(path), 64, 148 / 178)
+    assert out.shape == (3, 64, 64)
+    assert abs(int(out[0].max()) - 128) <= 3  # no red at the edges
+
+
+def test_missing_celeba_folder_and_partition_file(tmp_path):
+    with pytest.raises(UserError, match=r"img_align_celeba does not exist.*list_eval_partition"):
+        _celeba(tmp_path / "none", tmp_path).check()
+    root = write_celeba(tmp_path / "d", n=20)
+    (root / "celeba" / "list_eval_partition.txt").unlink()
+    with pytest.raises(UserError, match=r"partition file not found: .*list_eval_partition.txt"):
+        _celeba(root, tmp_path).check()
+
+
+def test_unreadable_jpeg_is_skipped_and_counted(tmp_path, caplog):
+    root = write_celeba(tmp_path / "d", n=40)
+    (root / "celeba" / "img_align_celeba" / "000003.jpg").write_bytes(b"")
+    dm = _celeba(root, tmp_path)
+    dm.setup()
+    assert len(dm.splits["train"]["images"]) == 23
+    assert "skipped 1 unreadable CelebA image(s)" in caplog.text and "000003.jpg" in caplog.text
+
+
+# -- loader -----------------------------------------------------------------------
+def test_sampler_is_seeded_per_epoch_and_covers_every_index():
+    s = EpochBatchSampler(10, 4, shuffle=True, seed=1)
+    e0 = torch.cat(list(s))
+    again = torch.cat(list(s))
+    s.set_epoch(1)
+    e1 = torch.cat(list(s))
+    assert len(s) == 3 and sorted(e0.tolist()) == list(range(10))
+    assert torch.equal(e0, again) and not torch.equal(e0, e1)
+
+
+def test_sampler_shards_across_ranks(monkeypatch):
+    import vaelab.data.loader as loader
+
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(loader, "_dist_rank_world", lambda r=rank: (r, 2))
+        s = EpochBatchSampler(9, 2, shuffle=True, seed=0)
+        shards.append(torch.cat(list(s)).tolist())
+        assert len(s) == 3
+    assert len(shards[0]) == len(shards[1]) == 5
+    assert set(shards[0]) | set(shards[1]) == set(range(9))
