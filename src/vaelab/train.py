@@ -14,6 +14,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from vaelab.config import config_tree, validate
+from vaelab.distributed import check_run_dir, launch_scope, scale_summary
+from vaelab.hparams import log_final_hparams
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = _finite_floats(trainer.callback_metrics)
-    if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update(_finite_floats(trainer.callback_metrics))
+    check_run_dir(trainer)
+    if trainer.is_global_zero:
+        log.info(scale_summary(trainer, datamodule.batch_size, model.hparams.lr))
+    with launch_scope(trainer):
+        metrics = _fit_and_test(cfg, datamodule, model, trainer)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir) / "metrics.json"
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -71,4 +72,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "metrics: %s",
             ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if v is not None),
         )
+        log_final_hparams(trainer, cfg, metrics)
+    return metrics
+
+
+def _fit_and_test(cfg: DictConfig, datamodule, model, trainer) -> dict[str, float]:
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = _finite_floats(trainer.callback_metrics)
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update(_finite_floats(trainer.callback_metrics))
     return metrics

@@ -1,0 +1,22 @@
+"""A test-only callback for DDP runs (imported by the training subprocess via PYTHONPATH).
+
+Each rank saves its RNG state right before each of its validation batches, so a test can
+replay that rank's exact reparameterisation noise and recompute val/loss on its own.
+"""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class ValRngProbe(L.Callback):
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.sanity_checking:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {"rng": torch.get_rng_state(), "n": len(batch[0]), "epoch": trainer.current_epoch}
+        torch.save(state, self.out_dir / f"rank{trainer.global_rank}_batch{batch_idx}.pt")

@@ -1,0 +1,139 @@
+"""Sweeps: the summary after a real multirun, the summary's rules on hand-made job dirs,
+and the Optuna sweeper / SLURM launcher configs (when those optional plugins are installed)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_train_cli
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+from test_cli import _cli_overrides
+from test_distributed import compose_with_hydra
+
+from vaelab import sweep_summary
+
+
+def _hparams(tb_dir: Path) -> tuple[dict, list[str]]:
+    """(hyper-parameters of the run, metric tags of its HPARAMS view) from its event files."""
+    params, metrics = {}, []
+    for f in tb_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        try:
+            contents = acc.PluginTagToContent("hparams")
+        except KeyError:  # the curves' event files: no HPARAMS data
+            continue
+        for tag, content in contents.items():
+            data = plugin_data_pb2.HParamsPluginData.FromString(content)
+            if tag.endswith("session_start_info"):
+                params = {
+                    k: v.number_value or v.string_value for k, v in data.session_start_info.hparams.items()
+                }
+            if tag.endswith("experiment"):
+                metrics = [m.name.tag for m in data.experiment.metric_infos]
+    return params, metrics
+
+
+def test_two_by_two_multirun_ends_with_summary_table_plot_and_hparams(tmp_path, mnist_root):
+    args = ["-m", "latent_dim=2,3", "model=mlp,conv", "model.channels=[4,4]"]
+    proc = run_train_cli(args + _cli_overrides(tmp_path, mnist_root))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["latent_dim"], r["model"]) for r in rows] == [
+        ("0", "2", "mlp"),
+        ("1", "2", "conv"),
+        ("2", "3", "mlp"),
+        ("3", "3", "conv"),
+    ]
+    for row in rows:  # the table's numbers are each job's own metrics.json
+        metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        assert float(row["val/elbo"]) == pytest.approx(metrics["val/elbo"])
+        assert float(row["test/loss"]) == pytest.approx(metrics["test/loss"])
+    assert "paths.data_dir" not in rows[0]  # overrides shared by every job are not columns
+    markdown = (sweep / "summary.md").read_text()
+    assert markdown.count("\n| ") == 4 + 1  # header + one row per job
+    assert "| job | latent_dim | model | val/elbo |" in proc.stdout  # printed at the end of the run
+    assert "4 jobs; written to" in proc.stdout
+    assert Image.open(sweep / "summary.png").size[0] > 300  # val/elbo vs latent_dim, a line per model
+    params, metric_tags = _hparams(sweep / "1" / "tensorboard")
+    assert params["latent_dim"] == 2 and params["model/net"] == "conv"
+    assert {"final/val/loss", "final/val/elbo", "final/test/loss"} <= set(metric_tags)
+
+
+def _job(sweep: Path, name: str, overrides: list[str], metrics: dict | None = None) -> Path:
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    return job
+
+
+def test_summary_keeps_failed_jobs_and_adds_eval_metrics(tmp_path):
+    common = "paths.data_dir=/data"
+    _job(tmp_path, "0", ["latent_dim=2", "model.lr=1e-3", common], {"val/elbo": -100.0, "train/loss": 1.0})
+    _job(tmp_path, "1", ["latent_dim=16", "model.lr=1e-3", common])  # failed: no metrics.json
+    done = _job(tmp_path, "2", ["latent_dim=64", "model.lr=1e-2", common], {"val/elbo": -90.0})
+    (done / "eval").mkdir()  # where src/eval.py writes for a checkpoint of this job
+    (done / "eval" / "metrics.json").write_text(json.dumps({"nll_iwae": 88.5, "k": 100}))
+    (tmp_path / "10").mkdir()  # not a job: no .hydra/overrides.yaml
+    text = sweep_summary.summarize(tmp_path)
+    header, rows = sweep_summary.table(sweep_summary.read_jobs(tmp_path))
+    assert header == ["job", "latent_dim", "model.lr", "val/elbo", "eval/k", "eval/nll_iwae"]
+    assert rows[1] == ["1", "16", "1e-3", None, None, None]
+    assert rows[2][-1] == 88.5
+    assert "| 1 | 16 | 1e-3 | — | — | — |" in text  # a failed job keeps its row
+    with open(tmp_path / "summary.csv") as f:
+        assert list(csv.reader(f))[2] == ["1", "16", "1e-3", "", "", ""]
+    assert (tmp_path / "summary.png").is_file()
+
+
+def test_summary_of_categorical_sweep_has_no_plot(tmp_path):
+    _job(tmp_path, "0", ["model=mlp"], {"val/elbo": -1.0})
+    _job(tmp_path, "1", ["model=conv"], {"val/elbo": -2.0})
+    text = sweep_summary.summarize(tmp_path)
+    assert "(no numeric parameter to plot)" in text and not (tmp_path / "summary.png").exists()
+
+
+def test_summary_cli_explains_a_wrong_folder(tmp_path, capsys):
+    for folder, message in ((tmp_path / "nope", "does not exist"), (tmp_path, "holds no jobs")):
+        with pytest.raises(SystemExit) as exit_:
+            sweep_summary.main([str(folder)])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    reason="optional plugin: pip install -e '.[optuna]'",
+)
+def test_optuna_search_minimises_val_loss_over_lr_beta_latent_dim():
+    cfg = compose_with_hydra(["+hparams_search=optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert set(sweeper.params) == {"model.lr", "model.beta", "latent_dim"}
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and sweeper.sampler.seed == cfg.seed
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    reason="optional plugin: pip install -e '.[slurm]'",
+)
+def test_slurm_launcher_allocates_what_the_trainer_expects():
+    cfg = compose_with_hydra(
+        ["hydra/launcher=slurm", "trainer=multinode", "trainer.devices=4", "trainer.num_nodes=3"]
+    )
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (3, 4, 4)
+    assert type(instantiate(cfg.hydra.launcher)).__name__ == "SlurmLauncher"
