@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VAELAB_ROOT", str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
-from vaelab.errors import exit_on_user_error  # noqa: E402
+from vaelab.errors import exit_on_user_error, reword_hydra_errors  # noqa: E402
+from vaelab.rundir import run_dir_override  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -23,4 +24,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    reword_hydra_errors()
+    with exit_on_user_error():  # resuming: continue in the run's own folder, not a new one
+        sys.argv += run_dir_override(sys.argv[1:], ROOT / "conf")
     main()

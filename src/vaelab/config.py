@@ -1,17 +1,23 @@
 """Checking and showing a composed run config, before anything heavy starts.
 
 All value rules live in :data:`RULES`, one line per field, so a mistyped value is caught in
-one place with one kind of message: the field, the bad value, what would be valid.
+one place with one kind of message: the field, the bad value, what would be valid. Keys a
+group's ``_target_`` does not accept, and combinations that cannot work together, are
+checked here too, so no bad input reaches a constructor and comes back as a traceback.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import logging
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vaelab.errors import UserError
 from vaelab.likelihoods import LIKELIHOODS
@@ -38,55 +44,195 @@ def positive_int(path, example="1"):
     return Rule(path, lambda v: _int(v) and v > 0, "a whole number > 0", example)
 
 
-def one_of(path, options):
-    return Rule(path, lambda v: v in options, "one of " + ", ".join(options), options[0])
+def whole(path, low: int, example: str, nullable: bool = False) -> Rule:
+    """A whole number ≥ ``low`` (or null)."""
+    valid = f"a whole number ≥ {low}" + (" or null" if nullable else "")
+    return Rule(path, lambda v: (nullable and v is None) or (_int(v) and v >= low), valid, example)
 
+
+def number(path, example, low=0.0, high=None, include_low=False, nullable=False) -> Rule:
+    """A real number above ``low`` (or at least ``low``), at most ``high`` (or null)."""
+
+    def ok(v):
+        if nullable and v is None:
+            return True
+        return _num(v) and (v >= low if include_low else v > low) and (high is None or v <= high)
+
+    bounds = (
+        f"{'≥' if include_low else '>'} {low:g}"
+        if high is None
+        else f"in {'[' if include_low else '('}{low:g}, {high:g}]"
+    )
+    return Rule(path, ok, f"a number {bounds}" + (" or null" if nullable else ""), example)
+
+
+def one_of(path, options, example=None):
+    shown = ", ".join(str(o) for o in options)
+    return Rule(path, lambda v: v in options, "one of " + shown, str(example or options[0]))
+
+
+def boolean(path, example="false"):
+    return Rule(path, lambda v: isinstance(v, bool), "true or false", example)
+
+
+def text(path, example, nullable=False):
+    valid = "a non-empty string" + (" or null" if nullable else "")
+    return Rule(path, lambda v: (nullable and v is None) or (isinstance(v, str) and v != ""), valid, example)
+
+
+def int_list(path, example):
+    return Rule(
+        path,
+        lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(_int(h) and h > 0 for h in v),
+        "a non-empty list of whole numbers > 0",
+        example,
+    )
+
+
+def batch_limit(path, example="1.0"):
+    """Lightning's limit_*_batches / overfit_batches: a fraction in [0, 1] or a batch count ≥ 0."""
+    return Rule(
+        path,
+        lambda v: (_int(v) and v >= 0) or (_num(v) and 0 <= v <= 1),
+        "a fraction in [0.0, 1.0] or a whole number of batches ≥ 0",
+        example,
+    )
+
+
+def _devices_ok(v) -> bool:
+    if v == "auto" or (_int(v) and (v > 0 or v == -1)):
+        return True
+    if isinstance(v, list | tuple):
+        return len(v) > 0 and all(_int(d) and d >= 0 for d in v)
+    parts = [p.strip() for p in v.split(",")] if isinstance(v, str) else []
+    return bool(parts) and all(p.isdigit() or p == "-1" for p in parts)
+
+
+def _strategy_ok(v) -> bool:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return v == "auto" or v in StrategyRegistry.available_strategies()
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+PRECISION_ALIASES = (32, 16, 64, "32", "16", "64", "bf16", "transformer-engine", "transformer-engine-float16")
 
 RULES: tuple[Rule, ...] = (
     positive_int("latent_dim", "32"),
     Rule("seed", lambda v: v is None or _int(v), "a whole number or null", "42"),
-    Rule("model.lr", lambda v: _num(v) and v > 0, "a number > 0", "1e-3"),
-    Rule("model.weight_decay", lambda v: _num(v) and v >= 0, "a number ≥ 0", "0"),
-    Rule("model.beta", lambda v: _num(v) and v >= 0, "a number ≥ 0", "1.0"),
-    Rule("model.sigma", lambda v: _num(v) and v > 0, "a number > 0", "0.1"),
-    Rule("model.kl_warmup_steps", lambda v: _int(v) and v >= 0, "a whole number ≥ 0", "0"),
-    Rule("model.learn_sigma", lambda v: isinstance(v, bool), "true or false", "false"),
+    boolean("test", "true"),
+    text("ckpt_path", "last", nullable=True),
+    # -- model --------------------------------------------------------------------
+    number("model.lr", "1e-3"),
+    number("model.weight_decay", "0", include_low=True),
+    number("model.beta", "1.0", include_low=True),
+    number("model.sigma", "0.1"),
+    whole("model.kl_warmup_steps", 0, "0"),
+    boolean("model.learn_sigma"),
     one_of("model.likelihood", LIKELIHOODS),
     one_of("model.net", NETS),
-    Rule(
-        "model.hidden_dims",
-        lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(_int(h) and h > 0 for h in v),
-        "a non-empty list of whole numbers > 0",
-        "[400]",
-    ),
-    Rule(
-        "model.channels",
-        lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(_int(h) and h > 0 for h in v),
-        "a non-empty list of whole numbers > 0",
-        "[32,64,128,256]",
-    ),
+    int_list("model.hidden_dims", "[400]"),
+    int_list("model.channels", "[32,64,128,256]"),
+    boolean("model.compile"),
+    boolean("model.channels_last"),
+    # -- dataset ------------------------------------------------------------------
+    text("dataset.root", "../shared/data"),
+    text("dataset.cache_dir", "~/.cache/vaelab"),
     positive_int("dataset.batch_size", "128"),
     positive_int("dataset.eval_batch_size", "500"),
     positive_int("dataset.val_size", "5000"),
+    boolean("dataset.binarize"),
+    boolean("dataset.download", "true"),
+    Rule("dataset.seed", lambda v: v is None or _int(v), "a whole number or null", "42"),
     Rule(
         "dataset.image_size",
         lambda v: _int(v) and v >= 8 and v % 2 == 0,
         "an even whole number ≥ 8",
         "64",
     ),
-    Rule("dataset.crop_fraction", lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]", "0.83"),
+    number("dataset.crop_fraction", "0.83", high=1),
     Rule("dataset.carve_fraction", lambda v: _num(v) and 0 < v < 0.5, "a number in (0, 0.5)", "0.05"),
+    whole("dataset.decode_workers", 1, "4", nullable=True),
+    Rule("dataset.on_device", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false", "auto"),
+    number("dataset.device_memory_fraction", "0.5", high=1),
+    # -- trainer ------------------------------------------------------------------
+    one_of("trainer.accelerator", ACCELERATORS),
+    Rule("trainer.devices", _devices_ok, "auto, -1 (all), a whole number > 0 or a list of device ids", "1"),
+    positive_int("trainer.num_nodes", "1"),
     Rule(
-        "trainer.max_epochs",
-        lambda v: v is None or (_int(v) and v >= -1),
-        "a whole number ≥ -1",
-        "10",
+        "trainer.strategy",
+        _strategy_ok,
+        "auto, ddp, ddp_spawn, fsdp, deepspeed or another Lightning strategy",
+        "auto",
     ),
-    Rule("trainer.max_steps", lambda v: _int(v) and v >= -1, "a whole number ≥ -1", "-1"),
+    Rule(
+        "trainer.precision",
+        lambda v: v in PRECISIONS + PRECISION_ALIASES,
+        "one of " + ", ".join(PRECISIONS),
+        "32-true",
+    ),
+    whole("trainer.min_epochs", 0, "1", nullable=True),
+    whole("trainer.max_epochs", -1, "10", nullable=True),  # -1 only with max_steps: see below
+    whole("trainer.max_steps", -1, "-1"),
+    whole("trainer.min_steps", 0, "0", nullable=True),
+    whole("trainer.check_val_every_n_epoch", 1, "1", nullable=True),
+    Rule(
+        "trainer.val_check_interval",
+        lambda v: v is None or (_int(v) and v > 0) or (_num(v) and 0 < v <= 1),
+        "a fraction in (0.0, 1.0], a whole number of batches > 0 or null",
+        "1.0",
+    ),
+    positive_int("trainer.log_every_n_steps", "50"),
+    Rule(
+        "trainer.deterministic",
+        lambda v: v is None or isinstance(v, bool) or v == "warn",
+        "true, false or warn",
+        "true",
+    ),
+    batch_limit("trainer.limit_train_batches"),
+    batch_limit("trainer.limit_val_batches"),
+    batch_limit("trainer.limit_test_batches"),
+    batch_limit("trainer.overfit_batches", "0"),
+    number("trainer.gradient_clip_val", "1.0", include_low=True, nullable=True),
+    one_of("trainer.gradient_clip_algorithm", ("norm", "value")),
+    positive_int("trainer.accumulate_grad_batches", "1"),
+    whole("trainer.num_sanity_val_steps", -1, "2", nullable=True),
+    boolean("trainer.sync_batchnorm"),
+    Rule("trainer.benchmark", lambda v: v is None or isinstance(v, bool), "true, false or null", "false"),
+    boolean("trainer.detect_anomaly"),
+    # -- callbacks ----------------------------------------------------------------
+    whole("callbacks.model_checkpoint.save_top_k", -1, "1"),
+    one_of("callbacks.model_checkpoint.mode", ("min", "max")),
+    Rule(
+        "callbacks.model_checkpoint.save_last",
+        lambda v: v in (True, False, None, "link"),
+        "true, false or link",
+        "true",
+    ),
     positive_int("callbacks.image_grids.every_n_epochs", "1"),
+    positive_int("callbacks.image_grids.n_reconstructions", "32"),
+    positive_int("callbacks.image_grids.n_samples", "64"),
+    whole("callbacks.image_grids.n_interpolations", 0, "4"),
+    whole("callbacks.image_grids.interpolation_steps", 2, "10"),
+    whole("callbacks.image_grids.seed", 0, "0"),
+    whole("callbacks.progress_bar.refresh_rate", 0, "10"),
+    whole("callbacks.model_summary.max_depth", -1, "2"),
+    whole("callbacks.resume_checkpoints.every_n_steps", 0, "500"),
+    positive_int("callbacks.result_figure.n_images", "16"),
+    positive_int("callbacks.result_figure.n_samples", "16"),
+    positive_int("callbacks.result_figure.per_row", "8"),
+    number("callbacks.result_figure.sample_temperature", "1.0"),
+    # eval.* and figures.* (conf/eval.yaml) are checked by vaelab.evaluate's EVAL_RULES
+    # -- paths --------------------------------------------------------------------
+    text("paths.data_dir", "../shared/data"),
+    text("paths.cache_dir", "~/.cache/vaelab"),
+    text("paths.log_dir", "outputs"),
 )
 
 _MISSING = object()
+HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}
+LIST_ALL_KEYS_UP_TO = 16  # longer key lists (the Trainer's ~45) get a "did you mean" instead
 
 
 def _get(cfg: DictConfig, path: str):
@@ -94,35 +240,141 @@ def _get(cfg: DictConfig, path: str):
         return OmegaConf.select(cfg, path, default=_MISSING, throw_on_missing=True)
     except InterpolationResolutionError as err:
         raise UserError(f"Config field {path} cannot be resolved: {err}") from err
+    except MissingMandatoryValue as err:
+        raise UserError(f"Config field {path} is required but not set: pass {path}=<value>.") from err
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`UserError` naming the first bad field, its value and what is valid."""
+    """Raise :class:`UserError` naming every bad field, its value and what is valid."""
     problems = []
     for rule in RULES:
         value = _get(cfg, rule.path)
         if value is _MISSING:
             continue
-        if isinstance(value, DictConfig | list) or OmegaConf.is_list(value):
-            value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_object(value)
         if not rule.ok(value):
             problems.append(
                 f"{rule.path}={value!r} is invalid: it must be {rule.valid} "
                 f"(e.g. {rule.path}={rule.example})."
             )
+    problems += _unknown_key_problems(cfg)
     problems += _combination_problems(cfg)
     if problems:
         raise UserError("Invalid config. " + " ".join(problems))
 
 
+# -- keys the target does not take ---------------------------------------------------
+def _instantiated_nodes(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
+    """(path, node) of every config node that becomes an object through its ``_target_``."""
+    candidates = [(g, cfg.get(g)) for g in ("dataset", "model", "trainer", "logger")]
+    callbacks = cfg.get("callbacks")
+    if isinstance(callbacks, DictConfig):
+        candidates += [(f"callbacks.{name}", node) for name, node in callbacks.items_ex(resolve=False)]
+    for path, node in candidates:
+        if isinstance(node, DictConfig) and "_target_" in node:
+            yield path, node
+
+
+def accepted_keys(target) -> set[str] | None:
+    """Keyword names ``target`` takes; None when it takes any (``**kwargs`` passed elsewhere).
+
+    vaelab's own classes pass ``**kw`` up to their base class, so those are followed up the MRO.
+    """
+    if not isinstance(target, type):
+        chain = [target]
+    else:
+        chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
+    names: set[str] = set()
+    for fn in chain:
+        params = inspect.signature(fn).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names - {"self"}
+        if not getattr(target, "__module__", "").startswith("vaelab."):
+            return None
+    return None
+
+
+def _unknown_key_problems(cfg: DictConfig) -> list[str]:
+    out = []
+    for path, node in _instantiated_nodes(cfg):
+        target_name = node.get("_target_")
+        try:
+            target = _import_quietly(target_name)
+        except Exception as err:  # any import failure is the same user-facing problem
+            out.append(f"{path}._target_={target_name!r} cannot be imported ({_root_cause(err)}).")
+            continue
+        valid = accepted_keys(target)
+        if valid is None:
+            continue
+        for key in sorted(set(node.keys()) - valid - HYDRA_KEYS):
+            out.append(f"{path}.{key} is not a setting of {target_name}: {_valid_keys_hint(key, valid)}")
+    return out
+
+
+def _import_quietly(dotted: str):
+    """``hydra.utils.get_object`` without its error log line: the message here says it all."""
+    hydra_log = logging.getLogger("hydra.utils")
+    was, hydra_log.disabled = hydra_log.disabled, True
+    try:
+        return get_object(dotted)
+    finally:
+        hydra_log.disabled = was
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ or err.__context__:
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _valid_keys_hint(key: str, valid: set[str]) -> str:
+    close = difflib.get_close_matches(str(key), sorted(valid), n=3)
+    if len(valid) <= LIST_ALL_KEYS_UP_TO:
+        hint = "valid keys are " + ", ".join(sorted(valid)) + "."
+        return (f"did you mean {' or '.join(close)}? " if close else "") + hint
+    if close:
+        return f"did you mean {' or '.join(close)}?"
+    return "check the spelling (`--cfg job` prints every key of the composed config)."
+
+
+# -- values that are fine alone but not together ---------------------------------------
 def _combination_problems(cfg: DictConfig) -> list[str]:
     out = []
-    target = str(_get(cfg, "dataset._target_"))
-    binarize = _get(cfg, "dataset.binarize")
-    if _get(cfg, "model.likelihood") == "bernoulli" and "CelebA" in target and not binarize:
+    likelihood = _get(cfg, "model.likelihood")
+    celeba = "CelebA" in str(_get(cfg, "dataset._target_"))
+    if likelihood == "bernoulli" and celeba and _get(cfg, "dataset.binarize") is not True:
         out.append(
             "model.likelihood=bernoulli needs binary pixels, but CelebA is colour in [0, 1]: "
             "use model.likelihood=gaussian, or binarise with dataset.binarize=true."
+        )
+    if likelihood == "bernoulli" and _get(cfg, "model.learn_sigma") is True:
+        out.append(
+            "model.learn_sigma=true needs model.likelihood=gaussian (σ is the Gaussian decoder's "
+            "noise; a Bernoulli decoder has none): drop model.learn_sigma or use the Gaussian decoder."
+        )
+    max_epochs, max_steps = _get(cfg, "trainer.max_epochs"), _get(cfg, "trainer.max_steps")
+    if max_epochs == -1 and not (_int(max_steps) and max_steps > 0):
+        out.append(
+            f"trainer.max_epochs=-1 (no epoch limit) needs a step limit, but trainer.max_steps={max_steps}: "
+            "set trainer.max_steps to a whole number > 0, or trainer.max_epochs to a whole number ≥ 0."
+        )
+    callbacks = [
+        n
+        for n in ("model_checkpoint", "resume_checkpoints")
+        if _get(cfg, f"callbacks.{n}") not in (None, _MISSING)
+    ]
+    if _get(cfg, "trainer.enable_checkpointing") is False and callbacks:
+        out.append(
+            "trainer.enable_checkpointing=false conflicts with the checkpoint callbacks: to train "
+            "without checkpoints, also set " + " and ".join(f"callbacks.{n}=null" for n in callbacks) + "."
+        )
+    min_epochs = _get(cfg, "trainer.min_epochs")
+    if _int(min_epochs) and _int(max_epochs) and 0 <= max_epochs < min_epochs:
+        out.append(
+            f"trainer.min_epochs={min_epochs} is more than trainer.max_epochs={max_epochs}: "
+            "lower trainer.min_epochs or raise trainer.max_epochs."
         )
     return out
 

@@ -18,7 +18,11 @@ class UserError(Exception):
 
 
 def format_error(message: str) -> str:
-    body = "\n".join(textwrap.fill(p, 100) for p in str(message).split("\n"))
+    # never break inside a word: paths and file names must stay copyable
+    body = "\n".join(
+        textwrap.fill(p, 100, break_long_words=False, break_on_hyphens=False)
+        for p in str(message).split("\n")
+    )
     return f"vaelab error: {body}"
 
 
@@ -27,7 +31,70 @@ def exit_on_user_error():
     try:
         yield
     except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(format_error(str(err)), file=sys.stderr, flush=True)
-        sys.exit(2)
+        _report_and_exit(err, str(err))
+
+
+def _report_and_exit(err: Exception, message: str) -> None:
+    """Print the one-paragraph message and exit 2; re-raise instead under HYDRA_FULL_ERROR=1."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(format_error(message), file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+# -- Hydra's own errors ------------------------------------------------------------------
+def describe_hydra_error(err: Exception) -> str:
+    """One paragraph for a Hydra composition error: the bad override and what is valid."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    first_line = str(err).strip().splitlines()[0]
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, option = err.missing_cfg_file.rsplit("/", 1)
+        valid = ", ".join(err.options) if err.options else "the files in conf/" + group
+        return f"{first_line}: {group}={option} is not an option; valid options for {group} are {valid}."
+    if isinstance(err, OverrideParseException):
+        return (
+            f"Cannot parse the override {err.override!r} ({first_line}). Overrides are key=value or "
+            "group=option; quote a value that contains spaces or brackets, e.g. 'paths.data_dir=\"my data\"'."
+        )
+    cause = err.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if full_key and "not in struct" in str(cause):
+        parent = getattr(cause, "parent_node", None)
+        known = ", ".join(sorted(map(str, parent.keys()))) if hasattr(parent, "keys") else ""
+        where = full_key.rsplit(".", 1)[0] if "." in full_key else "the top level"
+        return (
+            f"{full_key} is not a key of the config, so it cannot be set. "
+            + (f"Keys under {where}: {known}. " if known else "")
+            + "Check the spelling; `--cfg job` prints the whole config."
+        )
+    return " ".join(f"{first_line} {cause or ''}".split())
+
+
+def reword_hydra_errors() -> None:
+    """Make Hydra's composition errors (unknown group option, unknown key, unparsable
+    override) read like every other vaelab error: one paragraph, exit code 2, no traceback.
+
+    Hydra reports these itself, before any vaelab code runs, from ``run_and_report``; wrapping
+    that function is the one hook it offers. ``HYDRA_FULL_ERROR=1`` keeps Hydra's own report.
+    """
+    from hydra._internal import utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "vaelab_wrapped", False):
+        return
+
+    def run_and_report(func):
+        return original(lambda: _composition_errors_exit(func))
+
+    run_and_report.vaelab_wrapped = True
+    hydra_utils.run_and_report = run_and_report
+
+
+def _composition_errors_exit(func):
+    from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
+
+    try:
+        return func()
+    except (ConfigCompositionException, OverrideParseException, SearchPathException) as err:
+        _report_and_exit(err, describe_hydra_error(err))

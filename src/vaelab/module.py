@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from vaelab.guards import check_finite_loss
 from vaelab.vae import VAE
 
 
@@ -57,6 +58,8 @@ class VAEModule(L.LightningModule):
         beta = self.current_beta() if stage == "train" else self.hparams.beta
         loss = -terms.elbo(beta).mean()
         train = stage == "train"  # train: per step; val/test: epoch means, synced over ranks
+        if train:  # a NaN/inf stops the run here, before it reaches the weights
+            check_finite_loss(loss, {"recon": terms.recon, "kl": terms.kl}, self)
         metrics = {
             f"{stage}/elbo": terms.elbo().mean(),
             f"{stage}/recon": terms.recon.mean(),

@@ -13,9 +13,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from vaelab.checkpoints import SafeCheckpointIO
 from vaelab.config import config_tree, validate
 from vaelab.distributed import check_run_dir, launch_scope, scale_summary
 from vaelab.hparams import log_final_hparams
+from vaelab.resume import checkpoint_to_resume
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ def build(cfg: DictConfig):
     model = instantiate(cfg.model, image_shape=datamodule.image_shape)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    # checkpoints written atomically (temp file + rename) and loaded with weights_only=True
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[SafeCheckpointIO()])
     return datamodule, model, trainer
 
 
@@ -77,10 +80,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _fit_and_test(cfg: DictConfig, datamodule, model, trainer) -> dict[str, float]:
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    resume = checkpoint_to_resume(cfg, model)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metrics = _finite_floats(trainer.callback_metrics)
     if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")  # "" without ModelCheckpoint
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update(_finite_floats(trainer.callback_metrics))
     return metrics

@@ -58,7 +58,9 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     # -- shared machinery --------------------------------------------------------
     def load_splits(self) -> dict[str, dict[str, Tensor]]:
         self.check()
-        flat = load_or_build(self.cache_dir, self.name, cache_key(**self.cache_params()), self.decode_splits)
+        key = cache_key(**self.cache_params())
+        required = [f"{s}/{k}" for s in SPLITS for k in ("images", "labels")]
+        flat = load_or_build(self.cache_dir, self.name, key, self.decode_splits, required)
         splits = {s: {k.split("/")[1]: v for k, v in flat.items() if k.startswith(s + "/")} for s in SPLITS}
         if self.binarize:  # fixed binarisation of the evaluation data, dynamic for train
             for s in ("val", "test"):

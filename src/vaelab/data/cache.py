@@ -4,7 +4,8 @@ Decoding (gunzip + parse, or JPEG decode + crop + resize) happens once; later ru
 one uint8 tensor file. The key hashes each source file's path, size and mtime with the
 preprocessing parameters, so a changed source or setting builds a new entry instead of
 serving stale data. Writes go to a temp file renamed into place, so a killed build never
-leaves a half-written cache; an unreadable entry is rebuilt.
+leaves a half-written cache; an unreadable entry, or one without the expected tensors, is
+rebuilt.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from vaelab.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +41,35 @@ def cache_key(**parts) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+def _load(path: Path, required: Iterable[str]) -> dict[str, Tensor] | None:
+    """The entry at ``path``, or None (with a warning) when it is unreadable or incomplete."""
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or truncated: rebuilding is always safe
+        log.warning("cache file %s is unreadable (%s); rebuilding it", path, err)
+        return None
+    ok = isinstance(tensors, dict) and all(isinstance(tensors.get(k), Tensor) for k in required)
+    if not ok:
+        log.warning("cache file %s lacks the expected tensors (stale or foreign); rebuilding it", path)
+        return None
+    return tensors
 
 
 def load_or_build(
-    cache_dir: str | os.PathLike, name: str, key: str, build: Callable[[], dict[str, Tensor]]
+    cache_dir: str | os.PathLike,
+    name: str,
+    key: str,
+    build: Callable[[], dict[str, Tensor]],
+    required: Iterable[str] = (),
 ) -> dict[str, Tensor]:
-    """The cached dict of tensors ``<cache_dir>/<name>-<key>.pt``, built by ``build`` if absent."""
+    """The cached dict of tensors ``<cache_dir>/<name>-<key>.pt``, built by ``build`` if absent
+    (or if it lacks one of the ``required`` tensors)."""
     path = Path(cache_dir) / f"{name}-{key}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt or truncated: rebuilding is always safe
-            log.warning("cache file %s is unreadable (%s); rebuilding it", path, err)
+    if path.is_file() and (tensors := _load(path, required)) is not None:
+        return tensors
     tensors = build()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(tensors, path)
+        atomic_torch_save(tensors, path)
         log.info("cached %s at %s", name, path)
     except OSError as err:  # read-only or full: train anyway, decode again next run
         log.warning(

@@ -10,6 +10,7 @@ images at another resolution get the same framing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -179,12 +180,16 @@ class CelebADataModule(ImageDataModule):
             return torch.zeros(len(names), 0, dtype=torch.int8)
         rows = {}
         with open(self.attr_file) as f:
-            next(f), next(f)
-            for line in f:
+            for line in itertools.islice(f, 2, None):  # after the count and the header line
                 parts = line.split()
                 if parts:
                     rows[parts[0]] = [v == "1" for v in parts[1:]]
         width = len(next(iter(rows.values()))) if rows else 0
+        if any(len(r) != width for r in rows.values()):
+            raise UserError(
+                f"{self.attr_file} is damaged: its rows have different numbers of attributes. Fetch "
+                "list_attr_celeba.txt again, or delete it (attributes are optional)."
+            )
         missing = [False] * width
         return torch.tensor([rows.get(n, missing) for n in names], dtype=torch.int8).view(len(names), width)
 

@@ -26,9 +26,18 @@ class EpochBatchSampler:
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last=False):
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.served, self.resume_at = 0, 0  # batches handed out this epoch; where to restart
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        """The position in the epoch, saved in checkpoints: a run resumed mid-epoch goes on
+        with the next batch of the same order instead of starting the epoch over."""
+        return {"epoch": self.epoch, "batches_served": self.served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.resume_at = state["epoch"], state["batches_served"]
 
     def _indices(self) -> Tensor:
         if not self.shuffle:
@@ -49,7 +58,9 @@ class EpochBatchSampler:
 
     def __iter__(self) -> Iterator[Tensor]:
         order = self._indices()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        self.served, self.resume_at = self.resume_at, 0
+        for start in range(self.served * self.batch_size, len(self) * self.batch_size, self.batch_size):
+            self.served += 1
             yield order[start : start + self.batch_size]
 
 
@@ -57,11 +68,19 @@ class TensorBatchLoader:
     """Yields ``(images[idx], labels[idx])`` for each index batch of the sampler."""
 
     def __init__(self, images: Tensor, labels: Tensor, batch_sampler: EpochBatchSampler):
-        # named like DataLoader's attribute, so Lightning finds it to call set_epoch
         self.images, self.labels, self.batch_sampler = images, labels, batch_sampler
+        # Lightning calls set_epoch on `loader.sampler` (not on `loader.batch_sampler`): without
+        # this alias every epoch would replay epoch 0's order
+        self.sampler = batch_sampler
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
+
+    def state_dict(self) -> dict:  # Lightning saves it with the fit loop: see EpochBatchSampler
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for idx in self.batch_sampler:

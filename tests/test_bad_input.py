@@ -1,0 +1,493 @@
+"""The bad-input catalogue: mistyped configs, damaged data and foreign checkpoints.
+
+Each case runs the training entry point's code path (``vaelab.train.run`` under
+``exit_on_user_error``, in-process for speed; the Hydra composition errors through the real
+CLI) and asserts the exit code, that the message names the culprit, and that no traceback is
+printed. Data faults that vaelab recovers from exit 0 with a warning naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TRAIN_SCRIPT, run_train_cli, tiny_overrides, write_celeba, write_mnist
+from omegaconf import OmegaConf
+from training import compose_config, one_thread  # noqa: F401  (autouse fixture)
+
+from vaelab.checkpoints import SafeCheckpointIO, load_checkpoint
+from vaelab.data import MNISTDataModule
+from vaelab.errors import UserError, exit_on_user_error
+from vaelab.train import run
+
+CELEBA = ["dataset=celeba", "dataset.decode_workers=1", "model.channels=[8,8,8,8]", "latent_dim=4"]
+
+
+def _mnist(tmp: Path, *extra: str) -> list[str]:
+    root = write_mnist(tmp / "data", n_train=120, n_test=40)
+    return tiny_overrides(root, tmp / "run", tmp / "cache") + ["dataset.val_size=40", *extra]
+
+
+def _celeba(tmp: Path, *extra: str) -> list[str]:
+    root = write_celeba(tmp / "data", n=40)
+    return CELEBA + tiny_overrides(root, tmp / "run", tmp / "cache") + list(extra)
+
+
+# -- data faults ---------------------------------------------------------------------------------
+def _truncated_idx(tmp):
+    over = _mnist(tmp)
+    path = tmp / "data" / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    return over
+
+
+def _mnist_file_missing(tmp):
+    over = _mnist(tmp, "dataset.download=false")
+    (tmp / "data" / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").unlink()
+    return over
+
+
+def _bad_jpegs(tmp):
+    over = _celeba(tmp)
+    (tmp / "data" / "celeba" / "img_align_celeba" / "000002.jpg").write_bytes(b"")
+    (tmp / "data" / "celeba" / "img_align_celeba" / "000005.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return over
+
+
+def _no_partition(tmp):
+    over = _celeba(tmp)
+    (tmp / "data" / "celeba" / "list_eval_partition.txt").unlink()
+    return over
+
+
+def _bad_partition_line(tmp):
+    over = _celeba(tmp)
+    with open(tmp / "data" / "celeba" / "list_eval_partition.txt", "a") as f:
+        f.write("000041.jpg train\n")
+    return over
+
+
+def _ragged_attributes(tmp):
+    over = _celeba(tmp)
+    with open(tmp / "data" / "celeba" / "list_attr_celeba.txt", "a") as f:
+        f.write("000001.jpg 1 -1\n")
+    return over
+
+
+def _cache_file(tmp, content: bytes | None = None, obj=None) -> list[str]:
+    """A real run's cache entry, replaced by ``content`` bytes or a torch-saved ``obj``."""
+    over = _mnist(tmp)
+    MNISTDataModule(str(tmp / "data"), str(tmp / "cache"), val_size=40, download=False).load_splits()
+    (entry,) = (tmp / "cache").glob("mnist-*.pt")
+    entry.write_bytes(content) if content is not None else torch.save(obj, entry)
+    return over
+
+
+def _cache_dir_unwritable(tmp):
+    (tmp / "blocker").write_text("a file where the cache folder should be")
+    return [o for o in _mnist(tmp) if not o.startswith("paths.cache_dir")] + [
+        f"paths.cache_dir={tmp / 'blocker' / 'cache'}"
+    ]
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+def _ckpt(tmp, write: Callable[[Path], None], *extra: str) -> list[str]:
+    path = tmp / "given.ckpt"
+    write(path)
+    return _mnist(tmp, f"ckpt_path={path}", *extra)
+
+
+def _trained_checkpoint(path: Path, latent_dim: int = 4, strip_hparams: bool = False) -> None:
+    tmp = path.parent / f"trained-{latent_dim}"
+    run_cfg = compose_config(_mnist(tmp, f"latent_dim={latent_dim}", "test=false"))
+    run(run_cfg)
+    ckpt = torch.load(tmp / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    if strip_hparams:
+        ckpt.pop("hyper_parameters")
+    torch.save(ckpt, path)
+
+
+def _truncated_checkpoint(path: Path) -> None:
+    _trained_checkpoint(path)
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    overrides: Callable[[Path], list[str]]
+    code: int
+    says: tuple[str, ...]  # every one must appear in the output
+
+
+CASES = [
+    # config: out-of-range values, wrong types, unknown keys, incompatible combinations
+    Case("latent_dim=0", lambda t: _mnist(t, "latent_dim=0"), 2, ("latent_dim=0", "whole number > 0")),
+    Case("lr=0", lambda t: _mnist(t, "model.lr=0"), 2, ("model.lr=0", "a number > 0")),
+    Case("batch_size<0", lambda t: _mnist(t, "dataset.batch_size=-8"), 2, ("dataset.batch_size=-8", "> 0")),
+    Case("beta<0", lambda t: _mnist(t, "model.beta=-0.5"), 2, ("model.beta=-0.5", "≥ 0")),
+    Case("max_epochs<0", lambda t: _mnist(t, "trainer.max_epochs=-3"), 2, ("trainer.max_epochs=-3", "≥ -1")),
+    Case(
+        "max_epochs=-1 without max_steps",
+        lambda t: _mnist(t, "trainer.max_epochs=-1"),
+        2,
+        ("trainer.max_epochs=-1", "trainer.max_steps"),
+    ),
+    Case(
+        "crop fraction > 1",
+        lambda t: _celeba(t, "dataset.crop_fraction=1.5"),
+        2,
+        ("dataset.crop_fraction=1.5", "(0, 1]"),
+    ),
+    Case("sigma=0", lambda t: _mnist(t, "model.sigma=0"), 2, ("model.sigma=0", "a number > 0")),
+    Case(
+        "unknown likelihood",
+        lambda t: _mnist(t, "model.likelihood=poisson"),
+        2,
+        ("model.likelihood='poisson'", "gaussian, bernoulli"),
+    ),
+    Case(
+        "unknown model key",
+        lambda t: _mnist(t, "+model.optimizer=sgd"),
+        2,
+        ("model.optimizer is not a setting of vaelab.module.VAEModule", "valid keys are", "lr"),
+    ),
+    Case(
+        "misspelt trainer key",
+        lambda t: _mnist(t, "+trainer.max_epoch=3"),
+        2,
+        ("trainer.max_epoch is not a setting", "did you mean max_epochs"),
+    ),
+    Case(
+        "wrong type: list",
+        lambda t: _mnist(t, "model.hidden_dims=abc"),
+        2,
+        ("model.hidden_dims='abc'", "list of whole numbers"),
+    ),
+    Case(
+        "wrong type: number", lambda t: _mnist(t, "latent_dim=abc"), 2, ("latent_dim='abc'", "whole number")
+    ),
+    Case(
+        "unknown precision",
+        lambda t: _mnist(t, "trainer.precision=15"),
+        2,
+        ("trainer.precision=15", "32-true"),
+    ),
+    Case(
+        "Bernoulli on colour CelebA",
+        lambda t: _celeba(t, "model.likelihood=bernoulli"),
+        2,
+        ("model.likelihood=bernoulli", "dataset.binarize=true"),
+    ),
+    Case(
+        "learned sigma with Bernoulli",
+        lambda t: _mnist(t, "model.likelihood=bernoulli", "model.learn_sigma=true"),
+        2,
+        ("model.learn_sigma=true", "model.likelihood=gaussian"),
+    ),
+    # data: stop with the file and the fix, or recover and say so
+    Case(
+        "missing data folder",
+        lambda t: _mnist(t, "paths.data_dir=/nonexistent"),
+        2,
+        ("/nonexistent", "paths.data_dir"),
+    ),
+    Case(
+        "missing MNIST file",
+        _mnist_file_missing,
+        2,
+        ("train-labels-idx1-ubyte", "MNIST/raw", "paths.data_dir"),
+    ),
+    Case("truncated IDX", _truncated_idx, 2, ("t10k-images-idx3-ubyte.gz", "fetch the file again")),
+    Case("missing partition file", _no_partition, 2, ("list_eval_partition.txt does not exist", "Download")),
+    Case(
+        "bad partition line",
+        _bad_partition_line,
+        2,
+        ("list_eval_partition.txt, line 41", "'000041.jpg train'"),
+    ),
+    Case("ragged attribute file", _ragged_attributes, 2, ("list_attr_celeba.txt is damaged",)),
+    Case("zero-byte and corrupt JPEG", _bad_jpegs, 0, ("skipped 2 unreadable CelebA image(s)", "000002.jpg")),
+    Case(
+        "corrupt cache file",
+        lambda t: _cache_file(t, b"garbage"),
+        0,
+        ("cache file", "unreadable", "rebuilding"),
+    ),
+    Case(
+        "stale cache file",
+        lambda t: _cache_file(t, obj={"x": torch.ones(1)}),
+        0,
+        ("lacks the expected tensors",),
+    ),
+    Case("unwritable cache folder", _cache_dir_unwritable, 0, ("cannot write the data cache", "blocker")),
+    # checkpoints
+    Case(
+        "missing checkpoint",
+        lambda t: _mnist(t, f"ckpt_path={t / 'nope.ckpt'}"),
+        2,
+        ("nope.ckpt does not exist",),
+    ),
+    Case(
+        "ckpt_path=last, nothing saved",
+        lambda t: _mnist(t, "ckpt_path=last"),
+        2,
+        ("ckpt_path=last", "nothing to resume"),
+    ),
+    Case(
+        "zero-byte checkpoint",
+        lambda t: _ckpt(t, lambda p: p.write_bytes(b"")),
+        2,
+        ("given.ckpt is not a readable checkpoint", "0 bytes"),
+    ),
+    Case(
+        "text file as checkpoint",
+        lambda t: _ckpt(t, lambda p: p.write_text("model weights, honest\n")),
+        2,
+        ("given.ckpt is not a readable checkpoint",),
+    ),
+    Case(
+        "truncated checkpoint",
+        lambda t: _ckpt(t, _truncated_checkpoint),
+        2,
+        ("not a readable checkpoint", "truncated"),
+    ),
+    Case(
+        "tensor file as checkpoint",
+        lambda t: _ckpt(t, lambda p: torch.save(torch.ones(3), p)),
+        2,
+        ("given.ckpt is a PyTorch file but not a training checkpoint",),
+    ),
+    Case(
+        "checkpoint of another config",
+        lambda t: _ckpt(t, lambda p: _trained_checkpoint(p, latent_dim=4), "latent_dim=8"),
+        2,
+        ("incompatible config", "latent_dim=4 in the checkpoint but 8 here"),
+    ),
+    Case(
+        "checkpoint of another model shape",
+        lambda t: _ckpt(
+            t, lambda p: _trained_checkpoint(p, latent_dim=4, strip_hparams=True), "latent_dim=8"
+        ),
+        2,
+        ("does not fit this model", "of another shape"),
+    ),
+]
+
+
+def run_as_cli(overrides: list[str]) -> int:
+    """What ``python src/train.py OVERRIDES`` does after composing: the exit code."""
+    try:
+        with exit_on_user_error():
+            run(compose_config(overrides))
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_catalogue(case, tmp_path, capsys, caplog):
+    code = run_as_cli(case.overrides(tmp_path))
+    captured = capsys.readouterr()
+    said = captured.err + captured.out + caplog.text
+    assert code == case.code, said[-3000:]
+    if code:
+        assert "vaelab error:" in captured.err
+    flat = " ".join(said.split())  # messages are wrapped at 100 columns
+    for fragment in case.says:
+        assert fragment in flat, f"{fragment!r} not in {flat[-2000:]!r}"
+    assert "Traceback" not in said
+
+
+# -- composition errors: Hydra's, reworded by the real CLI ----------------------------------------
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["model.optimzer=adam"], ("model.optimzer is not a key of the config", "Keys under model:", "lr")),
+        (["dataset=imagenet"], ("dataset=imagenet is not an option", "celeba, fashion_mnist, mnist")),
+        (["latent_dim=[1"], ("Cannot parse the override 'latent_dim=[1'",)),
+    ],
+)
+def test_cli_composition_errors_are_one_paragraph(tmp_path, args, says):
+    proc = run_train_cli([*args, f"paths.log_dir={tmp_path}"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("vaelab error:")
+    flat = " ".join(proc.stderr.split())
+    for fragment in says:
+        assert fragment in flat
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_hydra_full_error_still_shows_the_traceback(tmp_path, monkeypatch):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(TRAIN_SCRIPT), "model.optimzer=adam", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "model.optimzer" in proc.stderr
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the same for vaelab's own errors
+    with pytest.raises(UserError, match="model.lr=0 is invalid"), exit_on_user_error():
+        run(compose_config(["model.lr=0", "paths.output_dir=unused"]))
+
+
+# -- data: things no single run shows -------------------------------------------------------------
+def test_stale_cache_from_changed_sources_is_not_served(tmp_path):
+    root = write_mnist(tmp_path / "data", n_train=100, n_test=20)
+    dm = MNISTDataModule(str(root), str(tmp_path / "cache"), val_size=20, download=False)
+    assert len(dm.load_splits()["train"]["images"]) == 80
+    write_mnist(root, n_train=140, n_test=20)  # the source changes under the same names
+    assert len(dm.load_splits()["train"]["images"]) == 120
+    assert len(list((tmp_path / "cache").glob("mnist-*.pt"))) == 2
+
+
+def test_full_disk_while_caching_trains_on_without_the_cache(tmp_path, caplog):
+    """A real write failure from the kernel (RLIMIT_FSIZE: EFBIG even for root), not a mock."""
+    root = write_mnist(tmp_path / "data", n_train=100, n_test=20)
+    dm = MNISTDataModule(str(root), str(tmp_path / "cache"), val_size=20, download=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        splits = dm.load_splits()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert len(splits["train"]["images"]) == 80
+    assert "cannot write the data cache" in caplog.text and "is the disk full?" in caplog.text
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written entry, no temp file
+
+
+def test_training_never_writes_into_the_data_folder(tmp_path, mnist_root):
+    """Tests run as root, where chmod proves nothing: record every write-like file operation
+    Python makes (audit hooks see open modes, mkdir, rename, remove) while a run trains."""
+    watched, writes = str(mnist_root.resolve()), []
+    modes = ("w", "a", "x", "+")
+
+    def hook(event, args):
+        if not watched:
+            return
+        if event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+            path, mode, flags = str(args[0]), str(args[1] or ""), args[2] or 0
+            writing = any(m in mode for m in modes) or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            if writing and os.path.abspath(path).startswith(watched):
+                writes.append((event, path, mode))
+        elif event in ("os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.chmod") and any(
+            isinstance(a, str) and os.path.abspath(a).startswith(watched) for a in args
+        ):
+            writes.append((event, args))
+
+    sys.addaudithook(hook)
+    try:
+        run(
+            compose_config(
+                tiny_overrides(mnist_root, tmp_path / "run", tmp_path / "cache") + ["dataset.val_size=40"]
+            )
+        )
+    finally:
+        watched = ""  # audit hooks cannot be removed; this one goes quiet
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert writes == []
+
+
+# -- checkpoints: the payload never runs ---------------------------------------------------------
+class Payload:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("fmt", ["torch-zip", "pickle-protocol-2", "pickle-protocol-5"])
+def test_crafted_pickle_checkpoint_does_not_run_its_payload(tmp_path, fmt, capsys):
+    marker, evil = tmp_path / "PWNED", tmp_path / "evil.ckpt"
+    payload = {"state_dict": {}, "hyper_parameters": {"latent_dim": 4}, "x": Payload(marker)}
+    if fmt == "torch-zip":
+        torch.save(payload, evil)
+    else:
+        evil.write_bytes(pickle.dumps(payload, protocol=int(fmt[-1])))
+    with pytest.raises(UserError, match="could run arbitrary code"):
+        load_checkpoint(evil)
+    assert run_as_cli(_mnist(tmp_path, f"ckpt_path={evil}")) == 2  # resuming from it
+    err = " ".join(capsys.readouterr().err.split())
+    assert "evil.ckpt was not loaded" in err and "could run arbitrary code" in err
+    if fmt != "pickle-protocol-5":  # protocol 5 is refused at its first frame, before the GLOBAL
+        assert "posix.system" in err
+    assert not marker.exists()
+    evaluate = pytest.importorskip("vaelab.evaluate")  # src/eval.py's loader (issue 3)
+    with pytest.raises(UserError, match="could run arbitrary code"):
+        evaluate.load_checkpoint(str(evil))
+    assert not marker.exists()
+
+
+def test_checkpoint_with_omegaconf_hyperparameters_loads(tmp_path):
+    """The allow-list: a Lightning checkpoint whose hparams are a DictConfig is data, not code."""
+    path = tmp_path / "dictconfig.ckpt"
+    hp = OmegaConf.create({"latent_dim": 4, "hidden_dims": [8], "net": "mlp", "sigma": 0.1, "x": None})
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": hp, "p": Path("/tmp")}, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt["hyper_parameters"].hidden_dims == [8] and torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
+    path, io = tmp_path / "last.ckpt", SafeCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(4)}}, path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(UserError, match=r"Cannot write checkpoint .*last\.ckpt.*previous checkpoint"):
+            io.save_checkpoint({"state_dict": {"w": torch.ones(100_000)}}, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+# -- numerical faults ----------------------------------------------------------------------------
+def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    from vaelab.vae import VAE
+
+    forward, calls = VAE.forward, []
+
+    def nan_on_fourth_training_step(self, x):
+        terms = forward(self, x)
+        calls.append(torch.is_grad_enabled())
+        if sum(calls) == 4 and torch.is_grad_enabled():
+            terms.recon = terms.recon * float("nan")
+        return terms
+
+    monkeypatch.setattr(VAE, "forward", nan_on_fourth_training_step)
+    code = run_as_cli(
+        _mnist(tmp_path, "trainer.limit_train_batches=6", "callbacks.resume_checkpoints.every_n_steps=2")
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert "The training loss became NaN at step 3 (epoch 0): the recon term is not finite" in err
+    assert "model.lr" in err and "trainer.gradient_clip_val" in err and "model.sigma" in err
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert f"the last good checkpoint, {last}, was kept" in err
+    ckpt = load_checkpoint(last)
+    assert ckpt["global_step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_log_variance_is_clamped_to_a_safe_range():
+    from vaelab.vae import LOGVAR_RANGE, VAE
+
+    vae = VAE((1, 28, 28), latent_dim=4)
+    with torch.no_grad():
+        vae.encoder.net[-1].bias[4:].fill_(1e4)  # log σ² = 10⁴: exp() is inf in any float
+    terms = vae(torch.rand(3, 1, 28, 28))
+    assert terms.logvar.max() == LOGVAR_RANGE[1]
+    assert torch.isfinite(terms.kl).all() and torch.isfinite(terms.recon).all()

@@ -1,0 +1,179 @@
+"""Interrupted runs: SIGTERM and Ctrl-C save the exact step, a SIGKILL loses at most N steps,
+and a resumed run ends exactly where an uninterrupted one with the same seed does (CPU,
+deterministic mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import TRAIN_SCRIPT, run_train_cli, tiny_overrides, write_mnist
+from training import ONE_THREAD, compose_config, one_thread  # noqa: F401  (autouse fixture)
+
+from vaelab.atomic import atomic_torch_save, remove_stale_temps
+from vaelab.checkpoints import check_fits, load_checkpoint
+from vaelab.module import VAEModule
+from vaelab.resume import ResumeCheckpoints
+from vaelab.train import run
+
+BATCHES_PER_EPOCH = 100  # 1600 training images in batches of 16
+EPOCHS = 2
+
+
+def _overrides(data: Path, cache: Path, *extra: str) -> list[str]:
+    """A 2-epoch run, deterministic, with last.ckpt rewritten every 4 steps."""
+    over = tiny_overrides(data, Path("unused"), cache)
+    return [o for o in over if not o.startswith(("paths.output_dir", "trainer.limit_train_batches"))] + [
+        "dataset.val_size=40",
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.deterministic=true",
+        "callbacks.resume_checkpoints.every_n_steps=4",
+        "model.hidden_dims=[64]",
+        "latent_dim=8",
+        "model.likelihood=bernoulli",
+        "dataset.binarize=true",  # draws noise from the same RNG as the model: resume must restore it
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_mnist(tmp_path_factory.mktemp("interrupt") / "data", n_train=1640, n_test=40)
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **ONE_THREAD}
+    env.pop("HYDRA_FULL_ERROR", None)
+    cmd = [sys.executable, str(TRAIN_SCRIPT), *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, data):
+    run_dir, log_dir = tmp_path / "run", tmp_path / "outputs"
+    common = _overrides(data, tmp_path / "cache", f"paths.log_dir={log_dir}")
+    proc = _start([*common, f"hydra.run.dir={run_dir}"])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)  # the first periodic save, at step 4: training is under way
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    stopped = load_checkpoint(last)
+    step = stopped["global_step"]
+    assert f"stopped by SIGTERM at step {step}" in out
+    assert 4 <= step < BATCHES_PER_EPOCH * EPOCHS and step % BATCHES_PER_EPOCH != 0  # mid-epoch
+    (loader_state,) = stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_state["batches_served"] == step % BATCHES_PER_EPOCH
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_train_cli([*common, f"ckpt_path={last}"], env_extra=ONE_THREAD)  # no hydra.run.dir
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not log_dir.exists()  # resumed into run_dir, not a new dated folder
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    final = load_checkpoint(last)
+
+    reference = run(compose_config(common + [f"paths.output_dir={tmp_path / 'ref'}"]))
+    ref_final = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == ref_final["global_step"] == BATCHES_PER_EPOCH * EPOCHS
+    assert final["epoch"] == ref_final["epoch"]
+    assert metrics == reference  # every train/val/test metric, to the last bit
+    for name, tensor in ref_final["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], tensor), name
+    print(f"stopped at step {step}; resumed vs uninterrupted: {metrics} vs {reference}")
+
+
+def test_sigkill_leaves_a_last_checkpoint_that_loads_and_resumes(tmp_path, data):
+    run_dir = tmp_path / "run"
+    common = _overrides(data, tmp_path / "cache", "trainer.max_epochs=50")
+    proc = _start([*common, f"hydra.run.dir={run_dir}", "callbacks.resume_checkpoints.every_n_steps=2"])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)
+    time.sleep(0.5)  # rewrites every 2 steps: the kill may well land inside one
+    proc.kill()
+    proc.communicate(timeout=60)
+    ckpt = load_checkpoint(last)
+    assert ckpt["global_step"] >= 2 and ckpt["global_step"] % 2 == 0
+    model = VAEModule(**ckpt["hyper_parameters"])
+    check_fits(ckpt, model, last)
+    model.load_state_dict(ckpt["state_dict"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    remove_stale_temps(last.parent)  # what a resumed run does first
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_save_cut_short_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1}, path)
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # a Ctrl-C (or a kill) mid-write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+class _SendSignal(L.Callback):
+    """Sends ``signum`` to this process at the end of training step ``step``, like a user would."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_ctrl_c_on_an_epochs_last_step_stops_after_its_validation(tmp_path, mnist_root, monkeypatch):
+    """Ctrl-C (SIGINT) on the last step of epoch 0: the run finishes that epoch's validation and
+    checkpoints, exits 130, and the resumed run ends as an uninterrupted one does."""
+    over = tiny_overrides(mnist_root, tmp_path / "run", tmp_path / "cache") + [
+        "dataset.val_size=40",
+        "trainer.limit_train_batches=1.0",  # 280 images: 18 batches of 16
+        "trainer.max_epochs=2",
+        "trainer.deterministic=true",
+    ]
+    reference = run(compose_config([*over, f"paths.output_dir={tmp_path / 'ref'}"]))
+    saves = []
+    real_save = ResumeCheckpoints._save
+    monkeypatch.setattr(
+        ResumeCheckpoints, "_save", lambda self, t: saves.append(t.global_step) or real_save(self, t)
+    )
+    import vaelab.train
+
+    real_build = vaelab.train.build
+
+    def build_with_signal(cfg):
+        datamodule, model, trainer = real_build(cfg)
+        trainer.callbacks.insert(0, _SendSignal(signal.SIGINT, 18))
+        return datamodule, model, trainer
+
+    monkeypatch.setattr(vaelab.train, "build", build_with_signal)
+    with pytest.raises(SystemExit) as stop:
+        run(compose_config(over))
+    assert stop.value.code == 128 + signal.SIGINT
+    assert saves == [18]  # once, at the epoch's end, not at the batch the signal came in
+    monkeypatch.setattr(vaelab.train, "build", real_build)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    metrics = run(compose_config([*over, "ckpt_path=last"]))
+    for key in ("train/loss", "val/loss", "test/loss"):
+        assert metrics[key] == reference[key], key
