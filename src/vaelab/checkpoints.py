@@ -136,7 +136,8 @@ def check_fits(ckpt: dict, model: torch.nn.Module, path: str | Path) -> None:
     if problems:
         raise UserError(
             f"Checkpoint {path} does not fit this model ({problems}): it was written for a network "
-            f"of another shape. {USE_INSTEAD} Use it with the config of the run that wrote it."
+            "of another shape. Resume or evaluate it with the config of the run that wrote it, or "
+            "start a fresh run without ckpt_path."
         )
 
 

@@ -61,7 +61,8 @@ def describe_hydra_error(err: Exception) -> str:
     full_key = getattr(cause, "full_key", None)
     if full_key and "not in struct" in str(cause):
         parent = getattr(cause, "parent_node", None)
-        known = ", ".join(sorted(map(str, parent.keys()))) if hasattr(parent, "keys") else ""
+        keys = parent.keys() if hasattr(parent, "keys") else []
+        known = ", ".join(sorted(str(k) for k in keys if not str(k).startswith("_")))
         where = full_key.rsplit(".", 1)[0] if "." in full_key else "the top level"
         return (
             f"{full_key} is not a key of the config, so it cannot be set. "

@@ -46,7 +46,7 @@ def _load(path: Path, required: Iterable[str]) -> dict[str, Tensor] | None:
     try:
         tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or truncated: rebuilding is always safe
-        log.warning("cache file %s is unreadable (%s); rebuilding it", path, err)
+        log.warning("cache file %s is unreadable (%s); rebuilding it", path, type(err).__name__)
         return None
     ok = isinstance(tensors, dict) and all(isinstance(tensors.get(k), Tensor) for k in required)
     if not ok:
