@@ -17,10 +17,10 @@ from vaelab.rundir import run_dir_override  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from vaelab.train import run
+    from vaelab.train import run, sweep_objective
 
     with exit_on_user_error():
-        return run(cfg).get("val/loss")
+        return sweep_objective(run(cfg))
 
 
 if __name__ == "__main__":

@@ -202,3 +202,16 @@ def test_sampler_shards_across_ranks(monkeypatch):
         assert len(s) == 3
     assert len(shards[0]) == len(shards[1]) == 5
     assert set(shards[0]) | set(shards[1]) == set(range(9))
+
+
+def test_celeba_cache_notices_an_image_replaced_under_the_same_name(tmp_path):
+    root = write_celeba(tmp_path / "d", n=40)
+    first = _celeba(root, tmp_path).load_splits()
+    path = root / "celeba" / "img_align_celeba" / "000001.jpg"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((109, 89, 3), np.uint8)).save(path)
+    os.utime(path, ns=(1, 1))
+    second = _celeba(root, tmp_path).load_splits()
+    assert len(list((tmp_path / "cache").glob("celeba-*.pt"))) == 2
+    assert not torch.equal(first["train"]["images"][0], second["train"]["images"][0])

@@ -74,6 +74,7 @@ def test_child_ranks_rerun_their_job_in_its_dir_not_the_sweep(hydra_job, monkeyp
         'hydra.run.dir="/runs/sweep/0"',
         "hydra.job.name=train_node0_local1",
         "hydra.output_subdir=null",
+        "hydra.mode=RUN",  # even under a search config that sets MULTIRUN
     ]
     assert cwd == os.getcwd()
 

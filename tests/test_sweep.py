@@ -137,3 +137,21 @@ def test_slurm_launcher_allocates_what_the_trainer_expects():
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (3, 4, 4)
     assert type(instantiate(cfg.hydra.launcher)).__name__ == "SlurmLauncher"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    reason="optional plugin: pip install -e '.[slurm]'",
+)
+def test_readme_slurm_sweep_on_one_node_composes():
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert (launcher["nodes"], launcher["tasks_per_node"]) == (1, 4)
+
+
+def test_sweep_objective_is_the_beta_one_negative_elbo_and_inf_when_diverged():
+    from vaelab.train import sweep_objective
+
+    assert sweep_objective({"val/elbo": -91.5, "val/loss": 50.0}) == 91.5
+    assert sweep_objective({"val/elbo": None}) == float("inf")
+    assert sweep_objective({}) == float("inf")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -74,6 +75,7 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
         f'hydra.run.dir="{hc.runtime.output_dir}"',
         f"hydra.job.name={hc.job.name}_node{node}_local{local_rank}",
         "hydra.output_subdir=null",  # .hydra/ is the launching rank's to write
+        "hydra.mode=RUN",  # a search config (e.g. +hparams_search=optuna) sets MULTIRUN: not here
     ]
     return command, get_original_cwd()
 
@@ -91,6 +93,12 @@ def launch_scope(trainer) -> Iterator[None]:
     lightning_launcher._hydra_subprocess_cmd = job_command
     try:
         yield
+    except BaseException:
+        # a child stuck in a collective would otherwise block until the process-group timeout
+        kill = getattr(trainer.strategy.launcher, "kill", None)
+        if callable(kill):
+            kill(signal.SIGKILL)
+        raise
     finally:
         lightning_launcher._hydra_subprocess_cmd = original
         for proc in getattr(trainer.strategy.launcher, "procs", []):

@@ -88,3 +88,13 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, trainer) -> dict[str, floa
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update(_finite_floats(trainer.callback_metrics))
     return metrics
+
+
+def sweep_objective(metrics: dict[str, float | None]) -> float:
+    """What a hyper-parameter search minimises: the validation negative ELBO at β = 1.
+
+    Not ``val/loss``: with β among the searched parameters, the β-weighted loss rewards small β
+    rather than a better model. A diverged run scores +inf, so it loses instead of aborting the study.
+    """
+    elbo = metrics.get("val/elbo")
+    return -elbo if elbo is not None and math.isfinite(elbo) else math.inf

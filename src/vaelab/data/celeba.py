@@ -113,16 +113,24 @@ class CelebADataModule(ImageDataModule):
         with os.scandir(self.image_dir) as it:
             return {e.name for e in it if e.name.lower().endswith((".jpg", ".jpeg", ".png"))}
 
+    def _images_digest(self) -> tuple[int, str]:
+        """(count, hash of every image's name, size and mtime): an image replaced in place
+        under the same name changes the cache key too."""
+        with os.scandir(self.image_dir) as it:
+            entries = sorted(
+                (e for e in it if e.name.lower().endswith((".jpg", ".jpeg", ".png"))), key=lambda e: e.name
+            )
+        digest = hashlib.sha1()
+        for e in entries:
+            st = e.stat()
+            digest.update(f"{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return len(entries), digest.hexdigest()
+
     def cache_params(self) -> dict:
-        names = sorted(self._image_names())
         meta = [p for p in (self.partition_file, self.attr_file) if p.is_file()]
         return {
             "meta": file_fingerprint(meta),
-            "images": [
-                str(self.image_dir.resolve()),
-                len(names),
-                hashlib.sha1("\n".join(names).encode()).hexdigest(),
-            ],
+            "images": [str(self.image_dir.resolve()), *self._images_digest()],
             "size": self.image_size,
             "crop": self.crop_fraction,
             "carve": self.carve_fraction,
