@@ -9,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from vaelab.data.idx import write_idx
+
+# Tiny models run fastest on one thread, and the suite's subprocesses (DDP ranks, CLI runs)
+# then don't oversubscribe a 2-core CI machine; set before torch starts any thread pool.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

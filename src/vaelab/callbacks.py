@@ -38,7 +38,7 @@ class ImageGrids(L.Callback):
 
     def _due(self, trainer) -> bool:
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch  # -1: no last epoch
         return epoch % self.every_n_epochs == 0 or last
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
