@@ -1,0 +1,26 @@
+"""Evaluate a trained VAE: ``python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt [key=value ...]``."""
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("VAELAB_ROOT", str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
+
+from vaelab.errors import exit_on_user_error  # noqa: E402
+from vaelab.evaluate import run  # noqa: E402  (registers the config's vaelab.run_dir resolver)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    with exit_on_user_error():
+        return run(cfg, HydraConfig.get().overrides.task).get("nll_iwae")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Evaluate a trained VAE from a composed config; no Hydra decorators here, so tests (and
+notebooks) call :func:`run` with a config from ``hydra.compose`` and its override list.
+
+The evaluation config is the trained run's saved config (``<run>/.hydra/config.yaml``: dataset,
+paths, seed) plus conf/eval.yaml's ``eval``/``figures``/``fid`` sections, with every key set on
+the command line applied on top. The model itself is rebuilt from the checkpoint's
+hyper-parameters, so it always matches the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from vaelab import checkpoints
+from vaelab.config import Rule, config_tree, one_of, positive_int, validate
+from vaelab.data.base import SPLITS, to_unit_float
+from vaelab.errors import UserError
+from vaelab.figures import FigureSettings, evaluation_figures, publish
+from vaelab.metrics import DataModel, active_units, fid_scores, inception_fid, likelihood_metrics
+from vaelab.module import VAEModule
+
+log = logging.getLogger(__name__)
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+EVAL_KEYS = ("task_name", "ckpt_path", "run_dir", "eval", "figures", "fid")
+EVAL_RULES: tuple[Rule, ...] = (
+    one_of("eval.split", SPLITS),
+    positive_int("eval.k", "1000"),
+    positive_int("eval.batch_size", "100"),
+    positive_int("eval.max_decodes", "2000"),
+    Rule("eval.active_threshold", lambda v: _number(v) and v >= 0, "a number ≥ 0", "0.01"),
+    Rule("figures.sample_temperature", lambda v: _number(v) and v > 0, "a number > 0", "1.0"),
+    positive_int("figures.n_images", "16"),
+    positive_int("figures.n_samples", "16"),
+    positive_int("figures.per_row", "8"),
+)
+
+
+def run_dir_of(ckpt_path: str | None, fallback: str = ".") -> str:
+    """The training run a checkpoint belongs to: ``<run>/checkpoints/x.ckpt`` → ``<run>``
+    (``fallback`` without a checkpoint, so a forgotten ckpt_path makes no folder in the cwd)."""
+    if not ckpt_path:
+        return fallback
+    parent = Path(str(ckpt_path)).parent
+    return str(parent.parent if parent.name == "checkpoints" else parent)
+
+
+OmegaConf.register_new_resolver("vaelab.run_dir", run_dir_of, replace=True)
+
+
+def load_checkpoint(path: str | None) -> dict:
+    """The one place evaluation reads a checkpoint: safely, see :mod:`vaelab.checkpoints`."""
+    if not path:
+        raise UserError(
+            "ckpt_path is required: python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt "
+            "(a checkpoint written by src/train.py)."
+        )
+    ckpt = checkpoints.load_checkpoint(path)
+    if "hyper_parameters" not in ckpt:
+        raise UserError(f"ckpt_path={path} is not a vaelab checkpoint (no state_dict/hyper_parameters).")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict):
+    """The trained :class:`VAE`, in inference mode, on the CPU."""
+    module = VAEModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.vae.eval()
+
+
+# -- the config ----------------------------------------------------------------------------------
+def _overridden_keys(overrides: Sequence[str]) -> list[str]:
+    keys = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        key = o.key_or_group
+        if key == "latent_dim" or key.split(".")[0] == "model":
+            raise UserError(
+                f"{o.input_line} cannot apply to an evaluation: the model is rebuilt from the "
+                f"checkpoint's hyper-parameters, which must match its weights. Evaluate another "
+                f"checkpoint instead (ckpt_path=...)."
+            )
+        if not key.startswith("hydra") and not o.is_delete():
+            keys.append(key)
+    return keys
+
+
+def eval_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """The run's saved config + this command's eval sections + its explicit overrides."""
+    keys = _overridden_keys(overrides)
+    saved = Path(run_dir_of(cfg.ckpt_path)) / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        log.warning("no saved run config at %s: using this command's dataset and paths", saved)
+        return cfg
+    final = OmegaConf.load(saved)
+    for key in EVAL_KEYS:
+        final[key] = cfg[key]
+    final.paths.output_dir = cfg.paths.output_dir
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            OmegaConf.update(final, key, value, merge=False)
+    return final
+
+
+def _check(cfg: DictConfig) -> None:
+    validate(cfg)
+    bad = [r for r in EVAL_RULES if not r.ok(OmegaConf.select(cfg, r.path))]
+    if bad:
+        raise UserError(
+            "Invalid config. "
+            + " ".join(
+                f"{r.path}={OmegaConf.select(cfg, r.path)!r} is invalid: it must be {r.valid} "
+                f"(e.g. {r.path}={r.example})."
+                for r in bad
+            )
+        )
+
+
+# -- the evaluation ------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _label_names(datamodule) -> list[str] | None:
+    """Attribute names from CelebA's list_attr_celeba.txt header, when the dataset has one."""
+    path = getattr(datamodule, "attr_file", None)
+    if path is None or not Path(path).is_file():
+        return None
+    with open(path) as f:
+        f.readline()
+        return f.readline().split()
+
+
+def _load_split(cfg: DictConfig, image_shape: tuple) -> tuple[object, dict]:
+    datamodule = instantiate(cfg.dataset)
+    split = datamodule.load_splits()[cfg.eval.split]
+    if tuple(split["images"].shape[1:]) != tuple(image_shape):
+        raise UserError(
+            f"The checkpoint's model takes images of shape {tuple(image_shape)}, but "
+            f"{cfg.dataset._target_} gives {tuple(split['images'].shape[1:])}: evaluate it on the "
+            f"dataset it was trained on (leave dataset=... out to use the run's)."
+        )
+    if len(split["images"]) == 0:
+        raise UserError(f"eval.split={cfg.eval.split} has no images in {cfg.dataset.root}.")
+    return datamodule, split
+
+
+def _fid(vae, images, fid_cfg: DictConfig, batch_size: int) -> dict:
+    """FID numbers and a one-line note; FID never fails the evaluation."""
+    metric, note = inception_fid(fid_cfg.weights_path)
+    scores = {"fid": None, "fid_reconstructions": None}
+    if metric is not None:
+        try:
+            scores = fid_scores(vae, images, fid_cfg.n_samples, batch_size, metric)
+            note = f"{scores['fid']:.2f} (samples), {scores['fid_reconstructions']:.2f} (reconstructions)"
+        except Exception as err:  # optional extra: report, never fail
+            note = f"failed: {err}"
+    log.info("FID: %s", note)
+    return {**scores, "fid_note": note}
+
+
+def format_table(m: dict) -> str:
+    """The metrics as a short human-readable table."""
+
+    def num(v, fmt="{:.2f}"):
+        return "n/a" if v is None else fmt.format(v)
+
+    rows = [
+        f"{m['split']} split of {m['checkpoint']} (step {m['global_step']}): {m['n_examples']} images",
+        f"  negative ELBO          {num(m['neg_elbo']):>10} nats  "
+        f"(E_q[log p(x|z)] {num(m['recon'])}, KL {num(m['kl'])})",
+        f"  IWAE NLL, k = {m['k']:<8} {num(m['nll_iwae']):>10} nats  (−log p(x) estimate, ≤ negative ELBO)",
+        f"  bits/dim               {num(m['bits_per_dim'], '{:.4f}'):>10}       (ELBO: "
+        f"{num(m['bits_per_dim_elbo'], '{:.4f}')}; formula: {m['bits_per_dim_formula']})",
+        f"  active units           {m['active_units']:>10} of {m['latent_dim']}  (Cov_x E_q[z_j] > "
+        f"{m['active_threshold']})",
+        f"  FID                    {m['fid_note']}",
+        f"  figures                {m['figures_dir']}",
+        f"  wall time              {m['seconds']:>10.1f} s",
+    ]
+    return "\n".join(rows)
+
+
+def _numbers(cfg: DictConfig, vae, images, likelihood: str) -> tuple[dict, object]:
+    """Likelihood metrics, active units and FID; also the posterior means for the figures."""
+    ev = cfg.eval
+    data = DataModel.for_likelihood(likelihood, images)
+    torch.manual_seed(ev.seed)
+    gen = torch.Generator().manual_seed(ev.seed)
+    metrics, mu = likelihood_metrics(
+        vae, images, data, ev.k, ev.batch_size, ev.max_decodes, ev.active_threshold, gen
+    )
+    metrics.update(
+        _fid(vae, images, cfg.fid, ev.batch_size),
+        active_threshold=ev.active_threshold,
+        bits_per_dim_formula=data.note,
+    )
+    return metrics, mu
+
+
+def _pictures(cfg: DictConfig, vae, split: dict, mu, label_names) -> dict:
+    drawn = {k: v for k, v in OmegaConf.to_container(cfg.figures, resolve=True).items() if k != "dir"}
+    settings = FigureSettings(**drawn)
+    n_shown = max(settings.n_images, 2 * settings.interpolation_pairs)
+    x = to_unit_float(split["images"][:n_shown]).to(next(vae.parameters()).device)
+    _, activity = active_units(mu, cfg.eval.active_threshold)
+    return evaluation_figures(vae, x, mu, activity, split.get("labels"), settings, label_names)
+
+
+def _publish(cfg: DictConfig, figures: dict, metrics: dict, step: int) -> None:
+    """PNGs into figures.dir; images and numeric metrics into the run's TensorBoard, as eval/*."""
+    with SummaryWriter(str(Path(cfg.run_dir) / "tensorboard")) as writer:
+        publish(figures, Path(cfg.figures.dir), writer, step, prefix="eval")
+        for key, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                writer.add_scalar(f"eval/{key}", value, step)
+
+
+def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
+    """Evaluate ``cfg.ckpt_path``; write metrics.json + metrics.txt, figures and TensorBoard."""
+    start = time.perf_counter()
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    cfg = eval_config(cfg, overrides)
+    _check(cfg)
+    shown = OmegaConf.masked_copy(
+        cfg, ["ckpt_path", "run_dir", "seed", "dataset", "eval", "figures", "fid", "paths"]
+    )
+    print(config_tree(shown, first=("dataset", "eval", "figures", "fid", "paths")), flush=True)
+    hp = ckpt["hyper_parameters"]
+    vae = model_from_checkpoint(ckpt).to(_device(cfg.eval.device))
+    datamodule, split = _load_split(cfg, hp["image_shape"])
+    metrics, mu = _numbers(cfg, vae, split["images"], hp["likelihood"])
+    figures = _pictures(cfg, vae, split, mu, _label_names(datamodule))
+    step = int(ckpt.get("global_step", 0))
+    metrics.update(
+        split=cfg.eval.split,
+        checkpoint=str(cfg.ckpt_path),
+        global_step=step,
+        figures_dir=str(cfg.figures.dir),
+    )
+    _publish(cfg, figures, metrics, step)
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    return _write(metrics, Path(cfg.paths.output_dir))
+
+
+def _write(metrics: dict, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    table = format_table(metrics)
+    (out_dir / "metrics.txt").write_text(table + "\n")
+    print(table, flush=True)
+    log.info("evaluation written to %s", out_dir)
+    return metrics

@@ -1,0 +1,218 @@
+"""The pictures of a trained VAE, as PNG files and TensorBoard images.
+
+Every figure is a (3, H, W) float image in [0, 1], like the grids of :mod:`vaelab.grids`
+(which draws reconstructions, samples and interpolations for both training and evaluation);
+this module adds the project's result picture, latent traversals, the 2-D manifold and a
+scatter of posterior means, and writes them out. Random draws come from a seeded generator,
+so the same checkpoint and settings give the same pictures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from vaelab.grids import interpolation_grid, reconstruction_grid, sample_grid
+
+GAP = 6  # white rows between the reconstruction block and the sample block of the result picture
+
+
+@dataclass(frozen=True)
+class FigureSettings:
+    """What the evaluation draws; the YAML comments in conf/eval.yaml explain each field."""
+
+    n_images: int = 16
+    n_samples: int = 16
+    per_row: int = 8
+    sample_temperature: float = 1.0
+    seed: int = 0
+    interpolation_pairs: int = 4
+    interpolation_steps: int = 10
+    traversal_dims: int = 8
+    traversal_steps: int = 9
+    traversal_range: float = 3.0
+    manifold_size: int = 20
+    scatter_attribute: int = 20
+
+
+# -- the pictures ----------------------------------------------------------------------------
+def _stack(grids: list[Tensor], gap: int = GAP) -> Tensor:
+    """Grids one above the other, right-padded with white to the widest, ``gap`` rows apart."""
+    width = max(g.shape[2] for g in grids)
+    parts = []
+    for i, g in enumerate(grids):
+        if i:
+            parts.append(torch.ones(3, gap, width))
+        parts.append(torch.nn.functional.pad(g, (0, width - g.shape[2]), value=1.0))
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def result_figure(vae, x: Tensor, n_samples: int, per_row: int, temperature: float, seed: int) -> Tensor:
+    """The project's result picture: rows of originals, each over its reconstructions, then
+    rows of decoded prior samples z ~ N(0, temperature² I)."""
+    z = vae.prior_sample(n_samples, temperature, generator=torch.Generator().manual_seed(seed))
+    return _stack([reconstruction_grid(vae, x, per_row), sample_grid(vae, z, per_row)])
+
+
+@torch.no_grad()
+def traversal_grid(vae, z0: Tensor, dims: list[int], values: Tensor) -> Tensor:
+    """One row per latent dim: z0 with that one coordinate swept over ``values``, others fixed."""
+    steps = len(values)
+    z = z0.reshape(1, -1).repeat(len(dims) * steps, 1)
+    for row, dim in enumerate(dims):
+        z[row * steps : (row + 1) * steps, dim] = values.to(z)
+    return make_grid(vae.generate(z).float().cpu(), nrow=steps, padding=2, pad_value=1.0)
+
+
+@torch.no_grad()
+def manifold_grid(vae, size: int) -> Tensor:
+    """The classic 2-D figure: decodings over a size×size grid of N(0, 1) quantiles
+    (5 % to 95 %), z₁ growing to the right and z₂ upwards."""
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, size))
+    z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
+    z = torch.stack([z1.flatten(), z2.flatten()], dim=1).to(next(vae.parameters()).device)
+    return make_grid(vae.generate(z).float().cpu(), nrow=size, padding=0)
+
+
+def _render(fig: Figure) -> Tensor:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
+
+
+def _classes(labels: Tensor | None, attribute: int, names: list[str] | None):
+    """(per-point class, class → legend text): digit classes, one binary attribute, or (None, None)."""
+    if labels is None or labels.numel() == 0:
+        return None, None
+    if labels.dim() == 1:
+        return labels.numpy(), lambda c: f"class {c}"
+    column = min(attribute, labels.shape[1] - 1)
+    name = names[column] if names and column < len(names) else f"attribute {column}"
+    return labels[:, column].numpy(), lambda c: name if c else f"not {name}"
+
+
+def latent_scatter(
+    mu: Tensor, labels: Tensor | None, attribute: int = 20, names: list[str] | None = None
+) -> Tensor:
+    """Test-set posterior means in 2-D (the latent itself when D = 2, else its first two
+    principal components), coloured by label; a 500×500 image."""
+    mu = mu.double()
+    if mu.shape[1] == 2:
+        coords, axes = mu, ("z₁", "z₂")
+    else:
+        centred = mu - mu.mean(dim=0)
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        share = (s**2 / (s**2).sum()).tolist()
+        coords = centred @ vh[:2].T
+        axes = (f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})")
+    classes, legend = _classes(labels, attribute, names)
+    fig = Figure(figsize=(5, 5), dpi=100)
+    ax = fig.add_subplot()
+    xy = coords.numpy()
+    if classes is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5)
+    else:
+        for c in np.unique(classes):
+            pick = classes == c
+            ax.scatter(xy[pick, 0], xy[pick, 1], s=2, alpha=0.5, label=legend(c))
+        ax.legend(markerscale=5, fontsize=7, loc="best")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title("posterior means of the test set")
+    fig.tight_layout()
+    return _render(fig)
+
+
+def evaluation_figures(
+    vae,
+    x: Tensor,
+    mu: Tensor,
+    activity: Tensor,
+    labels: Tensor | None,
+    settings: FigureSettings,
+    label_names: list[str] | None = None,
+) -> dict[str, Tensor]:
+    """All figures of an evaluation, by file name. ``x``: test images in [0, 1] (first ones
+    used), ``mu``: their posterior means (N, D), ``activity``: Cov_x E_q[z] per dim."""
+    s = settings
+    pairs = min(s.interpolation_pairs, len(x) // 2)
+    dims = activity.argsort(descending=True)[: s.traversal_dims].tolist()
+    values = s.sample_temperature * torch.linspace(-s.traversal_range, s.traversal_range, s.traversal_steps)
+    device = next(vae.parameters()).device
+    out = {
+        "result": result_figure(vae, x[: s.n_images], s.n_samples, s.per_row, s.sample_temperature, s.seed),
+        "interpolations": interpolation_grid(vae, x[:pairs], x[pairs : 2 * pairs], s.interpolation_steps),
+        "traversals": traversal_grid(vae, mu[0].to(device), dims, values),
+        "latent_scatter": latent_scatter(mu, labels, s.scatter_attribute, label_names),
+    }
+    if mu.shape[1] == 2:
+        out["manifold"] = manifold_grid(vae, s.manifold_size)
+    return out
+
+
+# -- writing them out ------------------------------------------------------------------------
+def publish(figures: dict[str, Tensor], out_dir: Path, writer=None, step: int = 0, prefix="figures"):
+    """Each figure as ``<out_dir>/<name>.png`` and, given a SummaryWriter, as a TensorBoard image."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, image in figures.items():
+        paths[name] = out_dir / f"{name}.png"
+        save_image(image, paths[name])
+        if writer is not None:
+            writer.add_image(f"{prefix}/{name}", image, global_step=step)
+    return paths
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: torch.nn.Module):
+    """Batch norm in inference mode while drawing, and the module's own mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+class ResultFigure(L.Callback):
+    """After the test, on rank 0: ``<dirpath>/result.png`` (and TensorBoard ``figures/result``),
+    the result picture of the tested model on the first test images."""
+
+    def __init__(
+        self,
+        dirpath: str,
+        n_images: int = 16,
+        n_samples: int = 16,
+        per_row: int = 8,
+        sample_temperature: float = 1.0,
+        seed: int = 0,
+    ):
+        self.dirpath, self.n_images, self.n_samples = dirpath, n_images, n_samples
+        self.per_row, self.temperature, self.seed = per_row, sample_temperature, seed
+        self._images: Tensor | None = None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and self._images is None:  # the test split is unshuffled: the first images
+            self._images = batch[0][: self.n_images].detach()
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self._images is None:
+            return
+        with evaluation_mode(pl_module.vae) as vae:
+            grid = result_figure(vae, self._images, self.n_samples, self.per_row, self.temperature, self.seed)
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        publish({"result": grid}, Path(self.dirpath), writers[0] if writers else None, trainer.global_step)
+        self._images = None

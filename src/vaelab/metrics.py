@@ -1,0 +1,222 @@
+"""Evaluation numbers of a trained VAE: ELBO terms, the importance-weighted log-likelihood,
+bits/dim and active units.
+
+The math is :mod:`vaelab.elbo`'s; this module only draws the samples, in chunks so that memory
+stays bounded however large k is, and turns nats into the units papers report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vaelab import elbo
+from vaelab.data.base import to_unit_float
+
+LN2 = math.log(2.0)
+
+
+# -- data as the likelihood sees it ---------------------------------------------------------
+def dequantize(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """uint8 pixels k → (k + u)/256 with u ~ U[0, 1): a density on [0, 1]^D whose integral over
+    each pixel's bin 1/256 wide lower-bounds the probability of the 8-bit value."""
+    u = torch.rand(images.shape, generator=generator)
+    return (images.float() + u.to(images.device)) / 256.0
+
+
+def is_binary(images: Tensor) -> bool:
+    """True when every uint8 pixel is 0 or 255: data a Bernoulli decoder assigns probabilities to."""
+    return bool(((images == 0) | (images == 255)).all())
+
+
+@dataclass(frozen=True)
+class DataModel:
+    """How the evaluation data are prepared and what bits/dim means for them."""
+
+    dequantized: bool  # Gaussian decoder: continuous density on (k + u)/256
+    discrete: bool  # Bernoulli decoder on binary pixels: a probability mass
+    note: str  # one line for the report: which bits/dim formula applies
+
+    @classmethod
+    def for_likelihood(cls, likelihood: str, images: Tensor) -> DataModel:
+        if likelihood == "gaussian":
+            return cls(True, False, "Gaussian decoder on uniformly dequantised 8-bit data: NLL/(D ln 2) + 8")
+        if is_binary(images):
+            return cls(False, True, "Bernoulli decoder on binary pixels (discrete data): NLL/(D ln 2)")
+        return cls(
+            False,
+            False,
+            "none: a Bernoulli decoder on non-binary pixels is not a normalised likelihood "
+            "(evaluate binarised data with dataset.binarize=true)",
+        )
+
+    def prepare(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        return dequantize(images, generator) if self.dequantized else to_unit_float(images)
+
+    def bits_per_dim(self, nll: float, n_dims: int) -> float | None:
+        if not (self.dequantized or self.discrete):
+            return None
+        return bits_per_dim(nll, n_dims, self.dequantized)
+
+
+def bits_per_dim(nll: float, n_dims: int, dequantized_8bit: bool) -> float:
+    """Bits per dimension from an NLL in nats per example.
+
+    Discrete data: NLL/(D ln 2). A density on uniformly dequantised 8-bit data scaled to
+    [0, 1]: each value's bin is 1/256 wide, so −log₂ P(x) ≤ −log₂ p(y) + D·log₂ 256, i.e. +8.
+    """
+    return nll / (n_dims * LN2) + (8.0 if dequantized_8bit else 0.0)
+
+
+# -- the importance-weighted estimate ------------------------------------------------------------
+def importance_samples(
+    vae, x: Tensor, mu: Tensor, logvar: Tensor, k: int, max_decodes: int
+) -> tuple[Tensor, Tensor]:
+    """(log p(x|z_i), log w_i), each (k, B) in float64, for z_i ~ q(z|x) = N(μ, diag σ²).
+
+    log w_i = log p(x|z_i) + log p(z_i) − log q(z_i|x). The decoder sees at most
+    ``max_decodes`` (sample, image) pairs at a time, which bounds memory for any k.
+    """
+    batch = x.shape[0]
+    per_chunk = max(1, max_decodes // batch)
+    log_px, log_w = [], []
+    for start in range(0, k, per_chunk):
+        s = min(per_chunk, k - start)
+        z = elbo.reparameterize(mu, logvar, n_samples=s)  # (s, B, D)
+        logits = vae.decode(z.flatten(0, 1))
+        targets = x.unsqueeze(0).expand(s, *x.shape).flatten(0, 1)
+        lp = vae.likelihood.log_prob(targets, logits).view(s, batch).double()
+        prior = elbo.standard_normal_log_density(z).double()
+        posterior = elbo.gaussian_log_density(z, mu, logvar).double()
+        log_px.append(lp)
+        log_w.append(lp + prior - posterior)
+    return torch.cat(log_px), torch.cat(log_w)
+
+
+@torch.no_grad()
+def batch_terms(vae, x: Tensor, k: int, max_decodes: int) -> dict[str, Tensor]:
+    """Per-example terms of one batch (nats, float64) and the posterior means μ.
+
+    recon averages log p(x|z) over the k importance samples; KL is closed form; the IWAE
+    bound reuses the same samples, so IWAE ≥ ELBO up to the KL's Monte-Carlo noise.
+    """
+    mu, logvar = vae.encode(x)
+    log_px, log_w = importance_samples(vae, x, mu, logvar, k, max_decodes)
+    recon = log_px.mean(dim=0)
+    kl = elbo.kl_standard_normal(mu, logvar).double()
+    return {
+        "recon": recon,
+        "kl": kl,
+        "elbo": elbo.elbo(recon, kl),
+        "iwae": elbo.iwae_bound(log_w),
+        "mu": mu,
+    }
+
+
+def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
+    """(number of active dims, per-dim activity): A_j = Cov_x(E_q[z_j]) > threshold (Burda et al.)."""
+    activity = mu.double().var(dim=0, unbiased=False)
+    return int((activity > threshold).sum()), activity
+
+
+@torch.no_grad()
+def likelihood_metrics(
+    vae,
+    images: Tensor,
+    data: DataModel,
+    k: int,
+    batch_size: int,
+    max_decodes: int,
+    active_threshold: float = 0.01,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, float | int | None], Tensor]:
+    """Metrics over uint8 ``images`` (N, C, H, W), and the (N, D) posterior means for figures."""
+    device = next(vae.parameters()).device
+    sums = {"recon": 0.0, "kl": 0.0, "elbo": 0.0, "iwae": 0.0}
+    mus = []
+    for start in range(0, len(images), batch_size):
+        x = data.prepare(images[start : start + batch_size], generator).to(device)
+        terms = batch_terms(vae, x, k, max_decodes)
+        for key in sums:
+            sums[key] += float(terms[key].sum())
+        mus.append(terms["mu"].cpu())
+    n, dims = len(images), images[0].numel()
+    mu = torch.cat(mus)
+    mean = {key: total / n for key, total in sums.items()}
+    n_active, _ = active_units(mu, active_threshold)
+    nll = -mean["iwae"]
+    return {
+        "n_examples": n,
+        "k": k,
+        "neg_elbo": -mean["elbo"],
+        "recon": mean["recon"],
+        "kl": mean["kl"],
+        "nll_iwae": nll,
+        "bits_per_dim": data.bits_per_dim(nll, dims),
+        "bits_per_dim_elbo": data.bits_per_dim(-mean["elbo"], dims),
+        "active_units": n_active,
+        "latent_dim": mu.shape[1],
+    }, mu
+
+
+# -- FID (optional: needs torch-fidelity and local Inception weights) ---------------------------
+FID_HOWTO = (
+    "skipped: set fid.weights_path to a local copy of torch-fidelity's Inception weights "
+    "(weights-inception-2015-12-05-6726825d.pth) and pip install torch-fidelity to compute FID"
+)
+
+
+def inception_fid(weights_path: str | None):
+    """(FrechetInceptionDistance on the local weights, "") or (None, one line saying why not).
+
+    Never downloads: torch-fidelity only fetches weights when no path is given, and without a
+    path we do not build the metric at all.
+    """
+    if not weights_path:
+        return None, FID_HOWTO
+    if not Path(weights_path).is_file():
+        return None, f"skipped: fid.weights_path={weights_path} does not exist"
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        metric = FrechetInceptionDistance(
+            feature=2048,
+            normalize=True,
+            reset_real_features=False,
+            feature_extractor_weights_path=weights_path,
+        )
+    except ModuleNotFoundError:
+        return None, "skipped: FID needs torch-fidelity (pip install torch-fidelity)"
+    except Exception as err:  # a file that is not the Inception state dict
+        return None, f"skipped: cannot load Inception weights from {weights_path}: {err}"
+    return metric, ""
+
+
+def _rgb(x: Tensor) -> Tensor:
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+@torch.no_grad()
+def fid_scores(vae, images: Tensor, n: int, batch_size: int, metric) -> dict[str, float]:
+    """FID of n prior samples and of the reconstructions of n test images, against those images.
+
+    ``metric`` keeps its real-image statistics across ``reset()`` (reset_real_features=False),
+    so the test images pass through Inception once.
+    """
+    device = next(vae.parameters()).device
+    metric = metric.to(device)
+    n = min(n, len(images))
+    for start in range(0, n, batch_size):
+        real = to_unit_float(images[start : min(n, start + batch_size)]).to(device)
+        metric.update(_rgb(real), real=True)
+        metric.update(_rgb(vae.reconstruct(real)), real=False)
+    scores = {"fid_reconstructions": float(metric.compute())}
+    metric.reset()
+    for start in range(0, n, batch_size):
+        metric.update(_rgb(vae.sample(min(batch_size, n - start))), real=False)
+    scores["fid"] = float(metric.compute())
+    return scores

@@ -1,0 +1,134 @@
+"""src/eval.py on tiny checkpoints: numbers, table, figures, TensorBoard, config merging, errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import CONF, ROOT, tiny_overrides, write_celeba, write_mnist
+from events import read_events
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+from vaelab.errors import UserError
+from vaelab.evaluate import run as evaluate
+from vaelab.train import run as train
+
+
+def _compose(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def _train(tmp, data_root, extra: list[str]):
+    """A two-step run, its config saved where Hydra saves it; returns the run folder."""
+    run_dir = tmp / "run"
+    cfg = _compose("train", [*tiny_overrides(data_root, run_dir, tmp / "cache"), *extra])
+    train(cfg)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return run_dir
+
+
+def _evaluate(run_dir, out, extra=()):
+    overrides = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={out}", *extra]
+    return evaluate(_compose("eval", overrides), overrides)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mnist")
+    return _train(tmp, write_mnist(tmp / "data"), ["dataset.val_size=40", "latent_dim=2"])
+
+
+def _size(path):
+    with Image.open(path) as im:
+        return im.size, im.mode
+
+
+def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path):
+    m = _evaluate(mnist_run, tmp_path / "a", ["eval.k=20", "eval.batch_size=50"])
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved == {**m, "seconds": saved["seconds"]}
+    assert (m["n_examples"], m["k"], m["latent_dim"], m["global_step"]) == (120, 20, 2, 2)
+    assert m["nll_iwae"] <= m["neg_elbo"]
+    assert m["neg_elbo"] == pytest.approx(m["kl"] - m["recon"])
+    assert m["bits_per_dim"] == pytest.approx(m["nll_iwae"] / (784 * math.log(2)) + 8)
+    assert "dequantised" in m["bits_per_dim_formula"] and 0 <= m["active_units"] <= 2
+    assert m["fid"] is None and m["fid_note"].startswith("skipped: set fid.weights_path")
+    table = (tmp_path / "a" / "metrics.txt").read_text()
+    assert "IWAE NLL, k = 20" in table and f"{m['neg_elbo']:.2f}" in table
+    figures = mnist_run / "figures"
+    assert _size(figures / "result.png") == ((242, 4 * 30 + 2 + 6 + 2 * 30 + 2), "RGB")
+    assert _size(figures / "manifold.png")[0] == (20 * 28, 20 * 28)  # latent_dim = 2
+    assert _size(figures / "latent_scatter.png")[0] == (500, 500)
+    assert _size(figures / "traversals.png")[0] == (9 * 30 + 2, 2 * 30 + 2)  # both dims, 9 steps
+    scalars, images = read_events(mnist_run / "tensorboard")
+    assert {"eval/result", "eval/manifold", "eval/traversals"} <= set(images)
+    assert scalars["eval/nll_iwae"][-1] == pytest.approx(m["nll_iwae"], rel=1e-6)
+
+
+def test_the_run_supplies_the_data_overrides_win_and_the_seed_fixes_everything(mnist_run, tmp_path):
+    runs = [
+        _evaluate(mnist_run, tmp_path / d, ["eval.k=2", "eval.split=val", f"figures.dir={tmp_path / d}"])
+        for d in ("a", "b")
+    ]
+    assert runs[0]["n_examples"] == 40 and runs[0]["split"] == "val"  # the run's val_size and data_dir
+    assert runs[0]["nll_iwae"] == runs[1]["nll_iwae"]
+    for name in ("result", "traversals", "latent_scatter"):
+        assert (tmp_path / "a" / f"{name}.png").read_bytes() == (tmp_path / "b" / f"{name}.png").read_bytes()
+
+
+def test_a_missing_checkpoint_model_overrides_and_a_dataset_of_another_shape_are_refused(mnist_run, tmp_path):
+    with pytest.raises(UserError, match="none.ckpt does not exist"):
+        evaluate(_compose("eval", [f"ckpt_path={tmp_path / 'none.ckpt'}"]))
+    with pytest.raises(UserError, match="latent_dim=4 cannot apply to an evaluation"):
+        _evaluate(mnist_run, tmp_path, ["latent_dim=4"])
+    celeba = write_celeba(tmp_path / "celeba", n=24)
+    with pytest.raises(UserError, match=r"shape \(1, 28, 28\).*gives \(3, 64, 64\)"):
+        _evaluate(
+            mnist_run, tmp_path, ["dataset=celeba", f"paths.data_dir={celeba}", "dataset.decode_workers=1"]
+        )
+
+
+def test_bernoulli_on_binarised_digits_reports_discrete_bits_per_dim(tmp_path, mnist_root):
+    run_dir = _train(
+        tmp_path, mnist_root, ["dataset.val_size=40", "model.likelihood=bernoulli", "dataset.binarize=true"]
+    )
+    m = _evaluate(run_dir, tmp_path / "eval", ["eval.k=10"])
+    assert "discrete" in m["bits_per_dim_formula"]
+    assert m["bits_per_dim"] == pytest.approx(m["nll_iwae"] / (784 * math.log(2)))
+    assert 0 < m["nll_iwae"] <= m["neg_elbo"]
+
+
+def test_celeba_checkpoint_gives_colour_64px_figures(tmp_path, celeba_root):
+    extra = ["dataset=celeba", "latent_dim=4", "dataset.decode_workers=1", "model.channels=[8,8,8,8]"]
+    run_dir = _train(tmp_path, celeba_root, extra)
+    m = _evaluate(run_dir, tmp_path / "eval", ["eval.k=4", "figures.n_images=8", "figures.n_samples=8"])
+    assert m["n_examples"] == 8 and m["nll_iwae"] <= m["neg_elbo"]
+    tile = 64 + 2
+    assert _size(run_dir / "figures" / "result.png") == ((8 * tile + 2, 2 * tile + 2 + 6 + tile + 2), "RGB")
+    assert not (run_dir / "figures" / "manifold.png").exists()  # latent_dim 4: no 2-D manifold
+
+
+def _eval_cli(args):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / "eval.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_cli_writes_its_log_and_metrics_next_to_the_run(mnist_run):
+    proc = _eval_cli([f"ckpt_path={mnist_run / 'checkpoints' / 'last.ckpt'}", "eval.k=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "IWAE NLL, k = 3" in proc.stdout and "bits/dim" in proc.stdout
+    assert json.loads((mnist_run / "eval" / "metrics.json").read_text())["k"] == 3
+    assert (mnist_run / "eval" / "eval.log").is_file()
