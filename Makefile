@@ -35,6 +35,9 @@ format: install
 tensorboard: install
 	$(BIN)/tensorboard --logdir outputs
 
+bench: install  ## time vaelab vs a bare loop and the classic DataLoader pipeline (ARGS="--device cuda" on a GPU)
+	$(BIN)/python benchmarks/bench_training.py $(ARGS)
+
 clean:  ## remove run outputs and caches (keeps the venv and your data)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 	rm -rf .pytest_cache .ruff_cache lightning_logs

@@ -7,6 +7,7 @@ transposed convolutions, so the output shape equals the input shape exactly.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -63,3 +64,20 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(self.fc(z).view(-1, *self.start_shape))
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Store conv weights, and feed each :class:`ConvEncoder` its images, in NHWC layout.
+
+    Tensor-core convolutions (cuDNN, bf16/fp16) run in NHWC; in the default NCHW layout every
+    conv pays two transposes. In place; the parameters' values and names are unchanged.
+    """
+    model.to(memory_format=torch.channels_last)
+    for m in model.modules():
+        if isinstance(m, ConvEncoder):
+            m.register_forward_pre_hook(_nhwc_input)
+    return model
+
+
+def _nhwc_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])

@@ -1,0 +1,98 @@
+"""(c): vaelab's own path, from the config: datamodule + ``VAEModule`` + Lightning ``Trainer``.
+
+Separate from :mod:`pipelines` so that the other pipelines' processes never import Lightning
+(their peak memory is theirs alone).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from pipelines import Stopwatch, checksum, epoch_result
+
+from vaelab.config import validate
+from vaelab.train import build, run
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def overrides(spec: dict, out_dir: str, epochs: int) -> list[str]:
+    """The vaelab config of this benchmark: the same model, batch size and optimiser as (a), (b)."""
+    over = [
+        f"dataset={spec['bench']}",
+        f"paths.data_dir={spec['data_root']}",
+        f"paths.cache_dir={spec['cache_dir']}",
+        f"paths.output_dir={out_dir}",
+        f"seed={spec['seed']}",
+        f"latent_dim={spec['latent_dim']}",
+        f"model.net={spec['net']}",
+        f"model.channels=[{','.join(map(str, spec['channels']))}]",
+        f"model.lr={spec['lr']}",
+        f"model.compile={str(spec['compile']).lower()}",
+        f"model.channels_last={str(spec['channels_last']).lower()}",
+        f"dataset.batch_size={spec['batch_size']}",
+        f"dataset.eval_batch_size={spec['eval_batch_size']}",
+        f"dataset.on_device={spec['on_device']}",
+        f"trainer.accelerator={'gpu' if spec['device'] == 'cuda' else 'cpu'}",
+        f"trainer.precision={spec['precision']}",
+        f"trainer.max_epochs={epochs}",
+        "test=false",
+    ]
+    if spec["bench"] == "mnist":
+        over += [f"dataset.val_size={spec['val_size']}", "dataset.download=false"]
+    if spec["n_images"] is not None:  # a subset: the same whole batches as (a) and (b) see
+        over.append(f"trainer.limit_train_batches={spec['n_images'] // spec['batch_size']}")
+    return over
+
+
+def config(spec: dict, out_dir: str, epochs: int):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides(spec, out_dir, epochs))
+
+
+class EpochTimer(L.Callback):
+    """A :class:`Stopwatch` around each training epoch, less the validation Lightning runs inside it."""
+
+    def __init__(self, device: torch.device):
+        self.watch = Stopwatch(device)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.watch.start()
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.watch.pause()
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.watch.resume()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.watch.stop()
+
+
+def epochs(spec: dict, device: torch.device) -> dict:
+    """(c) per epoch: ``Trainer.fit`` exactly as ``vaelab.train.run`` builds it, plus a timer."""
+    cfg = config(spec, f"{spec['work_dir']}/vaelab-{spec['bench']}", spec["warmup"] + spec["epochs"])
+    validate(cfg)
+    L.seed_everything(cfg.seed, verbose=False)
+    datamodule, model, trainer = build(cfg)
+    timer = EpochTimer(device)
+    trainer.callbacks.insert(0, timer)
+    init = checksum(model.vae)
+    trainer.fit(model, datamodule=datamodule)
+    n = min(len(datamodule.splits["train"]["images"]), trainer.num_training_batches * spec["batch_size"])
+    return epoch_result(timer.watch, spec, n, init)
+
+
+def whole_run(spec: dict, device: torch.device) -> dict:
+    """``vaelab.train.run`` as a user runs it: checkpoints, TensorBoard, image grids, progress bar."""
+    cfg = config(spec, f"{spec['work_dir']}/run-vaelab", spec["run_epochs"])
+    watch = Stopwatch(device)
+    watch.start()
+    metrics = run(cfg)
+    watch.stop()
+    return {"seconds": watch.wall[0], "cpu_seconds": watch.cpu[0], "val_loss": metrics["val/loss"]}
