@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VAELAB_ROOT", str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
-from vaelab.errors import exit_on_user_error  # noqa: E402
+from vaelab.errors import exit_on_user_error, reword_hydra_errors  # noqa: E402
 from vaelab.evaluate import run  # noqa: E402  (registers the config's vaelab.run_dir resolver)
 
 
@@ -23,4 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    reword_hydra_errors()
     main()

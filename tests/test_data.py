@@ -114,10 +114,19 @@ def test_batches_become_floats_in_unit_range_and_binarised_on_request(tmp_path):
     dm = _mnist(root, tmp_path, batch_size=8, binarize=True)
     dm.setup()
     images, labels = next(iter(dm.train_dataloader()))
-    x, y = dm.on_after_batch_transfer((images, labels), 0)
+    x, y = dm.on_after_batch_transfer((images, labels), 0)  # no trainer: evaluation path
     assert x.dtype == torch.float32 and x.shape == (8, 1, 28, 28)
     assert x.min() >= 0.0 and x.max() <= 1.0
+    assert len(torch.unique(x)) > 2  # training images are grey-level until binarised per step
     assert set(torch.unique(dm.splits["test"]["images"]).tolist()) <= {0, 255}
+
+    class Training:  # what Lightning's trainer reports while fitting
+        training = True
+
+    dm.trainer = Training()
+    draws = [dm.on_after_batch_transfer((images, labels), 0)[0] for _ in range(2)]
+    assert all(set(torch.unique(d).tolist()) <= {0.0, 1.0} for d in draws)
+    assert not torch.equal(draws[0], draws[1])  # dynamic: a fresh binarisation every step
 
 
 # -- CelebA -----------------------------------------------------------------------

@@ -52,8 +52,9 @@ EVAL_RULES: tuple[Rule, ...] = (
 
 def run_dir_of(ckpt_path: str | None, fallback: str = ".") -> str:
     """The training run a checkpoint belongs to: ``<run>/checkpoints/x.ckpt`` → ``<run>``
-    (``fallback`` without a checkpoint, so a forgotten ckpt_path makes no folder in the cwd)."""
-    if not ckpt_path:
+    (``fallback`` without an existing checkpoint, so a forgotten or mistyped ckpt_path makes no
+    folder in the cwd or beside the typo)."""
+    if not ckpt_path or not Path(str(ckpt_path)).is_file():
         return fallback
     parent = Path(str(ckpt_path)).parent
     return str(parent.parent if parent.name == "checkpoints" else parent)
