@@ -87,14 +87,19 @@ class VAEModule(L.LightningModule):
         return self._step(batch, "train", log=self._logs_step(batch_idx))
 
     def _logs_step(self, batch_idx: int) -> bool:
-        """Whether Lightning uses this step's metrics: a logger step, or the epoch's last step.
+        """Whether Lightning writes this step's metrics: its own logging rule (every
+        ``log_every_n_steps`` and when stopping), the first step, or the epoch's last step.
 
         ``self.log`` costs about a millisecond of host time per call, as much as a whole step
-        of a small VAE, so the train metrics are logged only on the steps that write them.
+        of a small VAE, so the train metrics are logged only on the steps that write them (the
+        progress bar's loss updates at the same rate).
         """
-        every = self.trainer.log_every_n_steps
-        due = every > 0 and (self.global_step + 1) % every == 0
-        return due or batch_idx + 1 >= self.trainer.num_training_batches
+        trainer = self.trainer
+        return (
+            trainer._logger_connector.should_update_logs
+            or self.global_step == 0
+            or batch_idx + 1 >= trainer.num_training_batches
+        )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

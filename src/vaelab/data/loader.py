@@ -72,6 +72,8 @@ class EpochBatchSampler:
         self.served, self.resume_at = 0, 0  # batches handed out this epoch; where to restart
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:  # a saved position belongs to the epoch it was saved in
+            self.resume_at = 0
         self.epoch = epoch
 
     def state_dict(self) -> dict:
@@ -80,7 +82,10 @@ class EpochBatchSampler:
         return {"epoch": self.epoch, "batches_served": self.served}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.resume_at = state["epoch"], state["batches_served"]
+        epoch, served = state["epoch"], state["batches_served"]
+        if served >= len(self):  # saved after the epoch's last batch: go on at the next epoch's start
+            epoch, served = epoch + 1, 0
+        self.epoch, self.resume_at = epoch, served
 
     def indices(self) -> Tensor:
         """This rank's share of this epoch's order (a CPU tensor)."""
