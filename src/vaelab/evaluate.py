@@ -186,7 +186,8 @@ def format_table(m: dict) -> str:
         f"{m['split']} split of {m['checkpoint']} (step {m['global_step']}): {m['n_examples']} images",
         f"  negative ELBO          {num(m['neg_elbo']):>10} nats  "
         f"(E_q[log p(x|z)] {num(m['recon'])}, KL {num(m['kl'])})",
-        f"  IWAE NLL, k = {m['k']:<8} {num(m['nll_iwae']):>10} nats  (−log p(x) estimate, ≤ negative ELBO)",
+        f"  IWAE NLL, k = {m['k']:<8} {num(m['nll_iwae']):>10} nats  "
+        "(−log p(x) estimate; ≤ negative ELBO up to Monte-Carlo noise)",
         f"  bits/dim               {num(m['bits_per_dim'], '{:.4f}'):>10}       (ELBO: "
         f"{num(m['bits_per_dim_elbo'], '{:.4f}')}; formula: {m['bits_per_dim_formula']})",
         f"  active units           {m['active_units']:>10} of {m['latent_dim']}  (Cov_x E_q[z_j] > "
