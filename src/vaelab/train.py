@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,9 @@ from vaelab.hparams import log_final_hparams
 from vaelab.resume import checkpoint_to_resume
 
 log = logging.getLogger(__name__)
+
+# Lightning ≤ 2.6 builds torch's deprecated LeafSpec on newer torch: noise on every run, nothing to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def _route_lightning_logs_to_root() -> None:
