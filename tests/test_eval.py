@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -132,3 +133,20 @@ def test_cli_writes_its_log_and_metrics_next_to_the_run(mnist_run):
     assert "IWAE NLL, k = 3" in proc.stdout and "bits/dim" in proc.stdout
     assert json.loads((mnist_run / "eval" / "metrics.json").read_text())["k"] == 3
     assert (mnist_run / "eval" / "eval.log").is_file()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("eval.k=0", "eval.k=0 is invalid: it must be a whole number > 0"),
+        (
+            "figures.sample_temperature=-1",
+            "figures.sample_temperature=-1 is invalid: it must be a number > 0",
+        ),
+        ("eval.split=dev", "eval.split='dev' is invalid: it must be one of train, val, test"),
+    ],
+)
+def test_bad_eval_values_are_named_by_the_one_validation_module(mnist_run, tmp_path, override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        _evaluate(mnist_run, tmp_path / "bad", [override])
+    assert not (tmp_path / "bad" / "metrics.json").exists()

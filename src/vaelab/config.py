@@ -19,6 +19,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from vaelab.data.base import SPLITS
 from vaelab.errors import UserError
 from vaelab.likelihoods import LIKELIHOODS
 from vaelab.nets import NETS
@@ -223,7 +224,16 @@ RULES: tuple[Rule, ...] = (
     positive_int("callbacks.result_figure.n_samples", "16"),
     positive_int("callbacks.result_figure.per_row", "8"),
     number("callbacks.result_figure.sample_temperature", "1.0"),
-    # eval.* and figures.* (conf/eval.yaml) are checked by vaelab.evaluate's EVAL_RULES
+    # -- evaluation (conf/eval.yaml; absent from training configs, so skipped there) ---
+    one_of("eval.split", SPLITS),
+    positive_int("eval.k", "1000"),
+    positive_int("eval.batch_size", "100"),
+    positive_int("eval.max_decodes", "2000"),
+    number("eval.active_threshold", "0.01", include_low=True),
+    number("figures.sample_temperature", "1.0"),
+    positive_int("figures.n_images", "16"),
+    positive_int("figures.n_samples", "16"),
+    positive_int("figures.per_row", "8"),
     # -- paths --------------------------------------------------------------------
     text("paths.data_dir", "../shared/data"),
     text("paths.cache_dir", "~/.cache/vaelab"),

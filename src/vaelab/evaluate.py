@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from vaelab import checkpoints
-from vaelab.config import Rule, config_tree, one_of, positive_int, validate
-from vaelab.data.base import SPLITS, to_unit_float
+from vaelab.config import config_tree, validate
+from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
 from vaelab.figures import FigureSettings, evaluation_figures, publish
 from vaelab.metrics import DataModel, active_units, fid_scores, inception_fid, likelihood_metrics
@@ -32,22 +32,7 @@ from vaelab.module import VAEModule
 log = logging.getLogger(__name__)
 
 
-def _number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 EVAL_KEYS = ("task_name", "ckpt_path", "run_dir", "eval", "figures", "fid")
-EVAL_RULES: tuple[Rule, ...] = (
-    one_of("eval.split", SPLITS),
-    positive_int("eval.k", "1000"),
-    positive_int("eval.batch_size", "100"),
-    positive_int("eval.max_decodes", "2000"),
-    Rule("eval.active_threshold", lambda v: _number(v) and v >= 0, "a number ≥ 0", "0.01"),
-    Rule("figures.sample_temperature", lambda v: _number(v) and v > 0, "a number > 0", "1.0"),
-    positive_int("figures.n_images", "16"),
-    positive_int("figures.n_samples", "16"),
-    positive_int("figures.per_row", "8"),
-)
 
 
 def run_dir_of(ckpt_path: str | None, fallback: str = ".") -> str:
@@ -115,20 +100,6 @@ def eval_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
         if value is not None:
             OmegaConf.update(final, key, value, merge=False)
     return final
-
-
-def _check(cfg: DictConfig) -> None:
-    validate(cfg)
-    bad = [r for r in EVAL_RULES if not r.ok(OmegaConf.select(cfg, r.path))]
-    if bad:
-        raise UserError(
-            "Invalid config. "
-            + " ".join(
-                f"{r.path}={OmegaConf.select(cfg, r.path)!r} is invalid: it must be {r.valid} "
-                f"(e.g. {r.path}={r.example})."
-                for r in bad
-            )
-        )
 
 
 # -- the evaluation ------------------------------------------------------------------------------
@@ -239,7 +210,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.ckpt_path)
     cfg = eval_config(cfg, overrides)
-    _check(cfg)
+    validate(cfg)  # training and eval fields alike: vaelab.config.RULES
     shown = OmegaConf.masked_copy(
         cfg, ["ckpt_path", "run_dir", "seed", "dataset", "eval", "figures", "fid", "paths"]
     )
