@@ -15,9 +15,10 @@ from PIL import Image
 
 from vaelab.data.idx import write_idx
 
-# Tiny models run fastest on one thread, and the suite's subprocesses (DDP ranks, CLI runs)
-# then don't oversubscribe a 2-core CI machine; set before torch starts any thread pool.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One intra-op thread, here and (through the environment) in every subprocess: tiny models run
+# fastest on one thread, DDP ranks and CLI runs don't oversubscribe a 2-core CI machine, and the
+# float arithmetic is the same in every process, so resume comparisons can be exact.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,23 +105,42 @@ def tiny_overrides(data_dir: Path, out_dir: Path, cache_dir: Path) -> list[str]:
     ]
 
 
+def cli_overrides(tmp_path: Path, data_root: Path) -> list[str]:
+    """:func:`tiny_overrides` for a CLI run: Hydra picks the run dir, under ``tmp_path/outputs``."""
+    over = tiny_overrides(data_root, tmp_path / "unused", tmp_path / "cache")
+    over = [o for o in over if not o.startswith("paths.output_dir")]
+    return over + ["dataset.val_size=40", f"paths.log_dir={tmp_path / 'outputs'}"]
+
+
+def compose_config(overrides: list[str], config_name: str = "train", with_hydra: bool = False):
+    """conf/<config_name>.yaml + ``overrides``, as the entry point composes it (``with_hydra``:
+    the ``hydra`` node too: launcher, sweeper, overrides)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
+
+
 @pytest.fixture
 def compose_train():
-    def _compose(overrides: list[str]):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="train", overrides=overrides)
+    return compose_config
 
-    return _compose
+
+def train_command(args: list[str]) -> list[str]:
+    return [sys.executable, str(TRAIN_SCRIPT), *args]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: quiet warnings, vaelab's own error messages."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **extra}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
 
 
 def run_train_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300, env_extra=None):
     """``python src/train.py ARGS`` in a subprocess; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_extra or {})}
-    env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args],
+        train_command(args),
         cwd=cwd,
-        env=env,
+        env=cli_env(**(env_extra or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TRAIN_SCRIPT, run_train_cli, tiny_overrides, write_celeba, write_mnist
+from conftest import TRAIN_SCRIPT, compose_config, run_train_cli, tiny_overrides, write_celeba, write_mnist
 from omegaconf import OmegaConf
-from training import compose_config, one_thread  # noqa: F401  (autouse fixture)
 
 from vaelab.checkpoints import SafeCheckpointIO, load_checkpoint
 from vaelab.data import MNISTDataModule

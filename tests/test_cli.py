@@ -4,17 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import run_train_cli, tiny_overrides
-
-
-def _cli_overrides(tmp_path, data_root):
-    over = tiny_overrides(data_root, tmp_path / "unused", tmp_path / "cache")
-    over = [o for o in over if not o.startswith("paths.output_dir")]
-    return over + ["dataset.val_size=40", f"paths.log_dir={tmp_path / 'outputs'}"]
+from conftest import cli_overrides, run_train_cli
 
 
 def test_multirun_over_latent_dim_makes_one_run_dir_per_job(tmp_path, mnist_root):
-    proc = run_train_cli(["-m", "latent_dim=2,4", *_cli_overrides(tmp_path, mnist_root)])
+    proc = run_train_cli(["-m", "latent_dim=2,4", *cli_overrides(tmp_path, mnist_root)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/checkpoints/last.ckpt"))
     assert len(jobs) == 2
@@ -26,7 +20,7 @@ def test_multirun_over_latent_dim_makes_one_run_dir_per_job(tmp_path, mnist_root
 def test_ddp_cpu_two_processes_share_one_run_dir(tmp_path, mnist_root):
     run_dir = tmp_path / "ddp"
     proc = run_train_cli(
-        ["trainer=ddp_cpu", f"hydra.run.dir={run_dir}", *_cli_overrides(tmp_path, mnist_root)]
+        ["trainer=ddp_cpu", f"hydra.run.dir={run_dir}", *cli_overrides(tmp_path, mnist_root)]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("CONFIG") == 1  # the config tree is printed by rank 0 only

@@ -14,13 +14,11 @@ from types import SimpleNamespace
 import lightning.pytorch.strategies.launchers.subprocess_script as lightning_launcher
 import pytest
 import torch
-from conftest import CONF, ROOT, TRAIN_SCRIPT, run_train_cli
+from conftest import CONF, ROOT, cli_env, cli_overrides, compose_config, run_train_cli, train_command
 from events import read_events
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
-from test_cli import _cli_overrides
 
 from vaelab import distributed
 from vaelab.data.base import to_unit_float
@@ -31,18 +29,12 @@ TESTS = Path(__file__).parent
 GRIDS = ("images/reconstructions", "images/samples", "images/interpolations")
 
 
-def compose_with_hydra(overrides: list[str]):
-    """The train config with its ``hydra`` node (launcher, sweeper, overrides) composed too."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
-
-
 @pytest.fixture
 def hydra_job():
     """Make a composed config the current Hydra job (as in the process that runs it), then undo it."""
 
     def _set(overrides, hydra_overrides=(), output_dir="/runs/sweep/0"):
-        cfg = compose_with_hydra(overrides)
+        cfg = compose_config(overrides, with_hydra=True)
         with open_dict(cfg.hydra):
             cfg.hydra.runtime.output_dir = output_dir
             cfg.hydra.job.name = "train"  # what @hydra.main names the job of src/train.py
@@ -136,7 +128,7 @@ def test_multinode_takes_its_shape_from_slurm_or_torchrun(monkeypatch, env):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    trainer = compose_with_hydra(["trainer=multinode"]).trainer
+    trainer = compose_config(["trainer=multinode"], with_hydra=True).trainer
     assert (trainer.num_nodes, trainer.devices, trainer.strategy) == (3, 4, "ddp")
 
 
@@ -166,7 +158,7 @@ def _expected_val_loss(cfg, ckpt: Path, probes: Path, world: int = 2) -> tuple[f
 
 
 def test_ddp_cpu_job_in_a_sweep_writes_one_dir_and_syncs_val_loss(tmp_path, mnist_root, compose_train):
-    overrides = _cli_overrides(tmp_path, mnist_root)
+    overrides = cli_overrides(tmp_path, mnist_root)
     probes = tmp_path / "probes"
     start = time.perf_counter()
     proc = run_train_cli(
@@ -206,11 +198,12 @@ def _free_port() -> int:
 
 def _two_nodes(args: list[str]) -> list[str]:
     """Run the same command as node 0 and node 1 of a 2-node gloo job on localhost; their output."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
-    env.update(PYTHONWARNINGS="ignore", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env = cli_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        env.pop(key, None)
     nodes = [
         subprocess.Popen(
-            [sys.executable, str(TRAIN_SCRIPT), *args],
+            train_command(args),
             cwd=ROOT,
             env={**env, "NODE_RANK": str(rank)},
             stdout=subprocess.PIPE,
@@ -235,7 +228,7 @@ def test_two_nodes_on_localhost_train_and_resume(tmp_path, mnist_root):
         "trainer.num_nodes=2",
         "trainer.devices=1",
         "test=false",  # fit and resume are the point here
-        *_cli_overrides(tmp_path, mnist_root),
+        *cli_overrides(tmp_path, mnist_root),
     ]
     start = time.perf_counter()
     first = _two_nodes([*common, f"hydra.run.dir={tmp_path / 'a'}"])

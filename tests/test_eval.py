@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONF, ROOT, tiny_overrides, write_celeba, write_mnist
+from conftest import ROOT, compose_config, tiny_overrides, write_celeba, write_mnist
 from events import read_events
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -19,15 +18,12 @@ from vaelab.evaluate import run as evaluate
 from vaelab.train import run as train
 
 
-def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
-
-
 def _train(tmp, data_root, extra: list[str]):
     """A two-step run, its config saved where Hydra saves it; returns the run folder."""
     run_dir = tmp / "run"
-    cfg = _compose("train", [*tiny_overrides(data_root, run_dir, tmp / "cache"), *extra])
+    cfg = compose_config(
+        config_name="train", overrides=[*tiny_overrides(data_root, run_dir, tmp / "cache"), *extra]
+    )
     train(cfg)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
@@ -36,7 +32,7 @@ def _train(tmp, data_root, extra: list[str]):
 
 def _evaluate(run_dir, out, extra=()):
     overrides = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={out}", *extra]
-    return evaluate(_compose("eval", overrides), overrides)
+    return evaluate(compose_config(config_name="eval", overrides=overrides), overrides)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +81,7 @@ def test_the_run_supplies_the_data_overrides_win_and_the_seed_fixes_everything(m
 
 def test_a_missing_checkpoint_model_overrides_and_a_dataset_of_another_shape_are_refused(mnist_run, tmp_path):
     with pytest.raises(UserError, match="none.ckpt does not exist"):
-        evaluate(_compose("eval", [f"ckpt_path={tmp_path / 'none.ckpt'}"]))
+        evaluate(compose_config(config_name="eval", overrides=[f"ckpt_path={tmp_path / 'none.ckpt'}"]))
     with pytest.raises(UserError, match="latent_dim=4 cannot apply to an evaluation"):
         _evaluate(mnist_run, tmp_path, ["latent_dim=4"])
     celeba = write_celeba(tmp_path / "celeba", n=24)

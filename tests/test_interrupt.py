@@ -8,15 +8,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import TRAIN_SCRIPT, run_train_cli, tiny_overrides, write_mnist
-from training import ONE_THREAD, compose_config, one_thread  # noqa: F401  (autouse fixture)
+from conftest import (
+    cli_env,
+    compose_config,
+    run_train_cli,
+    tiny_overrides,
+    train_command,
+    write_mnist,
+)
 
 from vaelab.atomic import atomic_torch_save, remove_stale_temps
 from vaelab.checkpoints import check_fits, load_checkpoint
@@ -50,10 +55,9 @@ def data(tmp_path_factory) -> Path:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **ONE_THREAD}
-    env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [sys.executable, str(TRAIN_SCRIPT), *args]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        train_command(args), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -81,7 +85,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, da
     assert loader_state["batches_served"] == step % BATCHES_PER_EPOCH
     assert not (run_dir / "metrics.json").exists()
 
-    resumed = run_train_cli([*common, f"ckpt_path={last}"], env_extra=ONE_THREAD)  # no hydra.run.dir
+    resumed = run_train_cli([*common, f"ckpt_path={last}"])  # no hydra.run.dir
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not log_dir.exists()  # resumed into run_dir, not a new dated folder
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_train_cli
+from conftest import cli_overrides, compose_config, run_train_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
-from test_cli import _cli_overrides
-from test_distributed import compose_with_hydra
 
 from vaelab import sweep_summary
 
@@ -53,7 +51,7 @@ def _hparams(tb_dir: Path) -> tuple[dict, list[str]]:
 
 def test_two_by_two_multirun_ends_with_summary_table_plot_and_hparams(tmp_path, mnist_root):
     args = ["-m", "latent_dim=2,3", "model=mlp,conv", "model.channels=[4,4]"]
-    proc = run_train_cli(args + _cli_overrides(tmp_path, mnist_root))
+    proc = run_train_cli(args + cli_overrides(tmp_path, mnist_root))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     with open(sweep / "summary.csv") as f:
@@ -127,7 +125,7 @@ def test_summary_cli_explains_a_wrong_folder(tmp_path, capsys):
     reason="optional plugin: pip install -e '.[optuna]'",
 )
 def test_optuna_search_minimises_val_loss_over_lr_beta_latent_dim():
-    cfg = compose_with_hydra(["+hparams_search=optuna"])
+    cfg = compose_config(["+hparams_search=optuna"], with_hydra=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
     assert set(sweeper.params) == {"model.lr", "model.beta", "latent_dim"}
@@ -139,8 +137,9 @@ def test_optuna_search_minimises_val_loss_over_lr_beta_latent_dim():
     reason="optional plugin: pip install -e '.[slurm]'",
 )
 def test_slurm_launcher_allocates_what_the_trainer_expects():
-    cfg = compose_with_hydra(
-        ["hydra/launcher=slurm", "trainer=multinode", "trainer.devices=4", "trainer.num_nodes=3"]
+    cfg = compose_config(
+        ["hydra/launcher=slurm", "trainer=multinode", "trainer.devices=4", "trainer.num_nodes=3"],
+        with_hydra=True,
     )
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (3, 4, 4)
@@ -152,7 +151,7 @@ def test_slurm_launcher_allocates_what_the_trainer_expects():
     reason="optional plugin: pip install -e '.[slurm]'",
 )
 def test_readme_slurm_sweep_on_one_node_composes():
-    cfg = compose_with_hydra(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"])
+    cfg = compose_config(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"], with_hydra=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert (launcher["nodes"], launcher["tasks_per_node"]) == (1, 4)
 
