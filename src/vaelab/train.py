@@ -85,11 +85,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _fit_and_test(cfg: DictConfig, datamodule, model, trainer) -> dict[str, float]:
     resume = checkpoint_to_resume(cfg, model)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)  # SafeCheckpointIO loads it
     metrics = _finite_floats(trainer.callback_metrics)
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")  # "" without ModelCheckpoint
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update(_finite_floats(trainer.callback_metrics))
     return metrics
 
