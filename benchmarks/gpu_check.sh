@@ -2,7 +2,7 @@
 # The GPU half of the speed benchmarks in one go, for a machine with a CUDA GPU:
 # MNIST s/epoch and CelebA-64 images/s, (a) bare vs (c) vaelab, in fp32 and bf16, eager and
 # compiled; (b) the classic pipeline once, in fp32; vaelab with the split in pinned host memory
-# instead of on the GPU; and the CUDA-only test of the pinned staging path.
+# instead of on the GPU; and the CUDA-only tests (pinned staging, the NaN check without a sync).
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]     (default outputs/bench/gpu; PYTHON=... to pick python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ synthetic=${TMPDIR:-/tmp}/vaelab-bench-synthetic # written once when real data i
 mkdir -p "$out"
 bench() { "$py" benchmarks/bench_training.py --device cuda --rounds 1 --epochs 3 --synthetic-dir "$synthetic" "$@"; }
 
-"$py" -m pytest -q tests/test_speed_options.py -k gpu
+"$py" -m pytest -q tests/test_speed_options.py tests/test_bad_input.py -k gpu
 bench --only mnist,celeba --out "$out/fp32.json"
 bench --only mnist,celeba --pipelines bare,vaelab --precision bf16-mixed --out "$out/bf16.json"
 bench --only mnist,celeba --pipelines bare,vaelab --compile --out "$out/fp32-compile.json"

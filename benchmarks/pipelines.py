@@ -11,7 +11,7 @@ warm allocator or compiled kernels from another. Tasks (``spec["task"]``):
 
 The model of every pipeline is vaelab's :class:`VAE`, built right after seeding with the
 same seed, so all start from the same weights (``init_checksum`` shows it) and a ratio
-measures the pipeline, not the model.
+measures the pipeline, not the model; all train with vaelab's optimiser (:func:`adam`).
 """
 
 from __future__ import annotations
@@ -68,6 +68,14 @@ def build_vae(spec: dict) -> torch.nn.Module:
     return vae
 
 
+def adam(vae: torch.nn.Module, spec: dict) -> torch.optim.Optimizer:
+    """The optimiser vaelab trains with (torch's Adam, fused where possible), in every pipeline:
+    a ratio then measures the pipeline around the step, not the optimiser's kernels."""
+    from vaelab.optim import Adam
+
+    return Adam(vae.parameters(), lr=spec["lr"])
+
+
 def autocast(spec: dict, device: torch.device):
     if spec["precision"] == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -120,7 +128,7 @@ def timed_epochs(spec: dict, batches, device: torch.device) -> tuple[Stopwatch, 
     init = checksum(vae)
     if spec["compile"]:
         vae.compile()
-    opt = torch.optim.Adam(vae.parameters(), lr=spec["lr"])
+    opt = adam(vae, spec)
     watch = Stopwatch(device)
     for epoch in range(spec["warmup"] + spec["epochs"]):
         watch.start()
@@ -212,7 +220,7 @@ def run_classic(spec: dict, device: torch.device) -> dict:
     watch.start()
     train, val = classic_loader(spec, device), classic_loader(spec, device, "val")
     vae = build_vae(spec).to(device)
-    opt = torch.optim.Adam(vae.parameters(), lr=spec["lr"])
+    opt = adam(vae, spec)
     for epoch in range(1, spec["run_epochs"] + 1):
         vae.train()
         for i, (x, _) in enumerate(train):

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,6 +27,8 @@ from omegaconf import OmegaConf
 from vaelab.checkpoints import SafeCheckpointIO, load_checkpoint
 from vaelab.data import MNISTDataModule
 from vaelab.errors import UserError, exit_on_user_error
+from vaelab.guards import DeferredCheck, NonFiniteLossError
+from vaelab.optim import Adam
 from vaelab.train import run
 
 CELEBA = ["dataset=celeba", "dataset.decode_workers=1", "model.channels=[8,8,8,8]", "latent_dim=4"]
@@ -455,19 +458,23 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
 
 
 # -- numerical faults ----------------------------------------------------------------------------
-def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+def _nan_on_fourth_training_step(monkeypatch):
     from vaelab.vae import VAE
 
     forward, calls = VAE.forward, []
 
-    def nan_on_fourth_training_step(self, x):
+    def forward_with_a_nan(self, x):
         terms = forward(self, x)
         calls.append(torch.is_grad_enabled())
         if sum(calls) == 4 and torch.is_grad_enabled():
             terms.recon = terms.recon * float("nan")
         return terms
 
-    monkeypatch.setattr(VAE, "forward", nan_on_fourth_training_step)
+    monkeypatch.setattr(VAE, "forward", forward_with_a_nan)
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    _nan_on_fourth_training_step(monkeypatch)
     code = run_as_cli(
         _mnist(tmp_path, "trainer.limit_train_batches=6", "callbacks.resume_checkpoints.every_n_steps=2")
     )
@@ -479,6 +486,76 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path,
     assert f"the last good checkpoint, {last}, was kept" in err
     ckpt = load_checkpoint(last)
     assert ckpt["global_step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_deferred_check_stops_before_the_next_save_after_a_nan(tmp_path, monkeypatch, capsys):
+    """The accelerator's check (no host sync per step), forced on the CPU: the NaN step's
+    update is skipped on the device, and the host finds it when the next checkpoint is due."""
+    from vaelab.module import VAEModule
+
+    monkeypatch.setattr(VAEModule, "_defers_loss_check", lambda self: True)
+    _nan_on_fourth_training_step(monkeypatch)
+    over = ["trainer.limit_train_batches=6", "callbacks.resume_checkpoints.every_n_steps=2"]
+    code = run_as_cli(_mnist(tmp_path, *over, "trainer.log_every_n_steps=50"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert (
+        "The training loss became NaN at step 3: the recon term is not finite. Its update was skipped "
+        "on the device, so the weights are finite; the run stopped at step 4" in err
+    )
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_a_nan_step_is_skipped_on_the_device_and_reported(tmp_path, monkeypatch, capsys):
+    _nan_on_fourth_training_step(monkeypatch)
+    over = _mnist(tmp_path, "trainer.limit_train_batches=6", "trainer.log_every_n_steps=50")
+    code = run_as_cli([o.replace("accelerator=cpu", "accelerator=gpu") for o in over])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "became NaN at step 3: the recon term is not finite. Its update was skipped" in err
+
+
+def _guard_host(lr=0.1):
+    trainer = SimpleNamespace(current_epoch=0, global_step=3, callbacks=[])
+    hp = SimpleNamespace(lr=lr, likelihood="bernoulli", kl_warmup_steps=0)
+    return SimpleNamespace(trainer=trainer, hparams=hp)
+
+
+def test_deferred_check_skips_the_bad_update_on_the_device_and_names_the_step():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = Adam(net.parameters(), lr=0.1)
+    check, host = DeferredCheck(rows=8), _guard_host()
+    changed = []
+    for step in range(3):
+        loss = net(torch.randn(4, 3)).pow(2).mean() * (float("nan") if step == 1 else 1.0)
+        check.watch(loss, {"recon": loss.expand(4), "kl": torch.zeros(4)})
+        opt.zero_grad()
+        loss.backward()
+        check.before_optimizer_step(opt, step, host)
+        before = [p.detach().clone() for p in net.parameters()]
+        opt.step()
+        changed.append(not all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True)))
+    assert changed == [True, False, True]  # step 1's update was skipped by the kernel, no host sync
+    assert all(torch.isfinite(t).all() for s in opt.state.values() for t in s.values())
+    with pytest.raises(NonFiniteLossError, match="became NaN at step 1: the recon term is not finite"):
+        check.raise_if_found(host)
+    check.raise_if_found(host)  # reported once
+
+
+def test_deferred_check_reads_its_buffer_by_itself_when_full_and_names_a_bad_gradient():
+    net = torch.nn.Linear(3, 1)
+    opt = Adam(net.parameters(), lr=0.1)
+    check, host = DeferredCheck(rows=2), _guard_host()
+    check.watch(torch.tensor(1.0), {"recon": torch.ones(2), "kl": torch.ones(2)})  # a finite loss ...
+    net.weight.grad, net.bias.grad = torch.full((1, 3), float("inf")), torch.zeros(1)  # ... inf gradient
+    check.before_optimizer_step(opt, 7, host)
+    assert opt.found_inf.item() == 1.0
+    check.watch(torch.tensor(1.0), {"recon": torch.ones(2), "kl": torch.ones(2)})
+    net.weight.grad = torch.zeros(1, 3)
+    with pytest.raises(NonFiniteLossError, match="The gradient became non-finite at step 7: the gradient is"):
+        check.before_optimizer_step(opt, 8, host)
 
 
 def test_log_variance_is_clamped_to_a_safe_range():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -26,7 +27,7 @@ from conftest import (
 from vaelab.atomic import atomic_torch_save, remove_stale_temps
 from vaelab.checkpoints import check_fits, load_checkpoint
 from vaelab.module import VAEModule
-from vaelab.resume import ResumeCheckpoints
+from vaelab.resume import DDP_CHECK_EVERY, ResumeCheckpoints
 from vaelab.train import run
 
 BATCHES_PER_EPOCH = 100  # 1600 training images in batches of 16
@@ -193,3 +194,26 @@ def test_ctrl_c_on_an_epochs_last_step_stops_after_its_validation(
         assert metrics[key] == reference[key], key
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 36  # both epochs trained in full
+
+
+def test_ddp_ranks_agree_on_a_signal_every_tenth_step_and_at_epoch_end(tmp_path):
+    """The all-reduce that makes every rank save together is a device sync, so it runs on the
+    steps all ranks share (multiples of DDP_CHECK_EVERY) and at each epoch's end, not every step."""
+    votes = []
+
+    def reduce_boolean_decision(decision, all=True):
+        votes.append(decision)
+        return True  # another rank caught a signal
+
+    trainer = SimpleNamespace(world_size=2, global_step=0, strategy=SimpleNamespace())
+    trainer.strategy.reduce_boolean_decision = reduce_boolean_decision
+    callback = ResumeCheckpoints(str(tmp_path))
+    asked = {}
+    for step in range(1, 21):
+        trainer.global_step = step
+        asked[step] = callback._stop_requested(trainer)
+    assert [s for s, a in asked.items() if a] == [DDP_CHECK_EVERY, 2 * DDP_CHECK_EVERY] and votes == [
+        False
+    ] * 2
+    trainer.global_step = 13
+    assert callback._stop_requested(trainer, epoch_end=True) and len(votes) == 3

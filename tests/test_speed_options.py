@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 from conftest import ROOT, tiny_overrides
@@ -13,7 +14,8 @@ from vaelab.data import MNISTDataModule
 from vaelab.data.loader import EpochBatchSampler, TensorBatchLoader, storage_device
 from vaelab.errors import UserError
 from vaelab.module import VAEModule
-from vaelab.train import run
+from vaelab.optim import Adam
+from vaelab.train import build, run
 
 BENCH = ROOT / "benchmarks"
 CUDA = torch.device("cuda", 0)
@@ -110,6 +112,77 @@ def test_train_metrics_reach_the_logger_and_metrics_json_with_fewer_log_calls(
     assert len(scalars["train/loss"]) == len(scalars["train/kl"]) == 2  # steps 2 and 4, as Lightning writes
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"train/loss", "train/elbo", "train/recon", "train/kl"} <= set(metrics)  # the epoch's last step
+
+
+# -- vaelab's own optimisation step ---------------------------------------------------------
+def _fit(tmp_path, mnist_root, compose_train, out, *extra):
+    over = tiny_overrides(mnist_root, tmp_path / out, tmp_path / "cache")
+    cfg = compose_train(
+        over
+        + [
+            "dataset.val_size=40",
+            "test=false",
+            "trainer.limit_train_batches=3",
+            "trainer.max_epochs=9",
+            *extra,
+        ]
+    )
+    L.seed_everything(0, verbose=False)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return model, trainer
+
+
+def test_own_step_gives_the_weights_of_lightnings_loop_bit_for_bit(tmp_path, mnist_root, compose_train):
+    own, own_trainer = _fit(tmp_path, mnist_root, compose_train, "own", "trainer.max_steps=4")
+    # a clip threshold no gradient reaches: Lightning's loop runs, and scales gradients by exactly 1
+    loop, loop_trainer = _fit(
+        tmp_path, mnist_root, compose_train, "loop", "trainer.max_steps=4", "trainer.gradient_clip_val=1e30"
+    )
+    assert not own.automatic_optimization and loop.automatic_optimization
+    assert own_trainer.global_step == loop_trainer.global_step == 4
+    own_opt, loop_opt = own.optimizers(use_pl_optimizer=False), loop.optimizers(use_pl_optimizer=False)
+    assert isinstance(own_opt, Adam) and own_opt.fused and loop_opt.fused
+    for a, b in zip(own.parameters(), loop.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "first,then", [("1e30", "null"), ("null", "1e30")], ids=["loop-to-own", "own-to-loop"]
+)
+def test_resume_across_the_two_step_loops_continues_the_step_count(
+    tmp_path, mnist_root, compose_train, first, then
+):
+    _fit(
+        tmp_path, mnist_root, compose_train, "a", "trainer.max_steps=2", f"trainer.gradient_clip_val={first}"
+    )
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    _, trainer = _fit(
+        tmp_path,
+        mnist_root,
+        compose_train,
+        "b",
+        "trainer.max_steps=5",
+        f"trainer.gradient_clip_val={then}",
+        f"ckpt_path={last}",
+    )
+    assert trainer.global_step == 5
+    scalars, _ = read_events(tmp_path / "b" / "tensorboard")
+    assert len(scalars["train/loss"]) == 3  # steps 2, 3 and 4 ran (each logged), not five from 0
+
+
+def test_fused_adam_stays_fused_when_it_loads_a_plain_adam_state():
+    w = torch.nn.Parameter(torch.ones(3))
+    plain = torch.optim.Adam([w], lr=0.1)
+    w.grad = torch.ones(3)
+    plain.step()
+    assert plain.state_dict()["param_groups"][0]["fused"] is None
+    fused = Adam([w], lr=0.5)
+    fused.load_state_dict(plain.state_dict())
+    assert fused.fused and fused.param_groups[0]["lr"] == 0.1 and fused.state[w]["step"].item() == 1
+    before = w.detach().clone()
+    fused.step()
+    assert not torch.equal(w, before)
 
 
 # -- the benchmark script -------------------------------------------------------------

@@ -184,3 +184,25 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+AUTOMATIC_STEPS = "epoch_loop.automatic_optimization.optim_progress"
+MANUAL_STEPS = "epoch_loop.manual_optimization.optim_step_progress"
+
+
+def carry_step_count(checkpoint: dict, manual: bool) -> None:
+    """Give the step counter of the loop about to run the steps the checkpoint counted in the other.
+
+    Lightning keeps separate counters for its automatic and manual optimisation loops and
+    restores each from its own; :class:`vaelab.module.VAEModule` switches between them when
+    gradient clipping or accumulation is turned on or off (and older vaelab checkpoints were all
+    automatic), so without this a resumed run would restart at step 0.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    if AUTOMATIC_STEPS not in loop or MANUAL_STEPS not in loop:
+        return
+    automatic = loop[AUTOMATIC_STEPS]["optimizer"]["step"]
+    source, target = (automatic, loop[MANUAL_STEPS]) if manual else (loop[MANUAL_STEPS], automatic)
+    if target["total"]["completed"] == 0 and source["total"]["completed"] > 0:
+        for part in ("total", "current"):
+            target[part].update(source[part])

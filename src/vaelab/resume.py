@@ -1,7 +1,9 @@
 """Interrupted runs lose (almost) nothing and resume exactly where they stopped.
 
 :class:`ResumeCheckpoints` rewrites ``last.ckpt`` every ``every_n_steps`` training steps and,
-when SIGTERM or Ctrl-C (SIGINT) arrives, at the end of the step in progress; the run then
+when SIGTERM or Ctrl-C (SIGINT) arrives, at the end of the step in progress (under DDP, where
+the ranks agree on it by an all-reduce, at the end of the next step that is a multiple of
+``DDP_CHECK_EVERY``, or of the epoch); the run then
 stops with exit code 128 + signal number. Each checkpoint also carries the RNG state, and the
 train loader its position in the epoch (see :mod:`vaelab.data.loader`), so a resumed run draws
 the same batches and the same noise as an uninterrupted one. A second signal stops at once.
@@ -30,6 +32,7 @@ from vaelab.rundir import LAST
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DDP_CHECK_EVERY = 10  # steps between the ranks' all-reduce of "was a signal caught?" (a device sync)
 
 
 class RunInterrupted(SystemExit):
@@ -85,9 +88,11 @@ class ResumeCheckpoints(Checkpoint):
             signal.signal(s, handler)
         self._previous = {}
 
-    def _stop_requested(self, trainer: L.Trainer) -> bool:
+    def _stop_requested(self, trainer: L.Trainer, epoch_end: bool = False) -> bool:
         asked = self._signum is not None
-        if trainer.world_size > 1:  # a signal may reach one rank only; all must save together
+        if trainer.world_size > 1:  # a signal may reach one rank only; all must save together,
+            if not epoch_end and trainer.global_step % DDP_CHECK_EVERY:  # on the same steps
+                return False
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
         return asked
 
@@ -142,7 +147,8 @@ class ResumeCheckpoints(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._stop_requested(trainer):  # the signal came late in the epoch or in validation
+        # the signal came late in the epoch or in validation
+        if self._stop_requested(trainer, epoch_end=True):
             self._save_and_stop(trainer)
         if self._due:
             self._save(trainer)
