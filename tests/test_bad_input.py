@@ -493,7 +493,8 @@ def test_deferred_check_stops_before_the_next_save_after_a_nan(tmp_path, monkeyp
     update is skipped on the device, and the host finds it when the next checkpoint is due."""
     from vaelab.module import VAEModule
 
-    monkeypatch.setattr(VAEModule, "_defers_loss_check", lambda self: True)
+    models = []
+    monkeypatch.setattr(VAEModule, "_defers_loss_check", lambda self: models.append(self) or True)
     _nan_on_fourth_training_step(monkeypatch)
     over = ["trainer.limit_train_batches=6", "callbacks.resume_checkpoints.every_n_steps=2"]
     code = run_as_cli(_mnist(tmp_path, *over, "trainer.log_every_n_steps=50"))
@@ -505,6 +506,10 @@ def test_deferred_check_stops_before_the_next_save_after_a_nan(tmp_path, monkeyp
     )
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    (model,) = models  # in memory, after the NaN step and one more: weights and moments finite
+    optimizer = model.optimizers(use_pl_optimizer=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(t).all() for state in optimizer.state.values() for t in state.values())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -3,17 +3,19 @@
 import json
 import subprocess
 import sys
+from datetime import timedelta
 
 import lightning as L
 import pytest
 import torch
 from conftest import ROOT, tiny_overrides
 from events import read_events
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vaelab.data import MNISTDataModule
 from vaelab.data.loader import EpochBatchSampler, TensorBatchLoader, storage_device
 from vaelab.errors import UserError
-from vaelab.module import VAEModule
+from vaelab.module import VAEModule, needs_lightnings_loop
 from vaelab.optim import Adam
 from vaelab.train import build, run
 
@@ -148,27 +150,56 @@ def test_own_step_gives_the_weights_of_lightnings_loop_bit_for_bit(tmp_path, mni
 
 
 @pytest.mark.parametrize(
-    "first,then", [("1e30", "null"), ("null", "1e30")], ids=["loop-to-own", "own-to-loop"]
+    "clips",
+    [["1e30", "null"], ["null", "1e30"], ["1e30", "null", "1e30"]],
+    ids=["loop-to-own", "own-to-loop", "loop-own-loop"],
 )
 def test_resume_across_the_two_step_loops_continues_the_step_count(
-    tmp_path, mnist_root, compose_train, first, then
+    tmp_path, mnist_root, compose_train, clips
 ):
-    _fit(
-        tmp_path, mnist_root, compose_train, "a", "trainer.max_steps=2", f"trainer.gradient_clip_val={first}"
-    )
-    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    _, trainer = _fit(
-        tmp_path,
-        mnist_root,
-        compose_train,
-        "b",
-        "trainer.max_steps=5",
-        f"trainer.gradient_clip_val={then}",
-        f"ckpt_path={last}",
-    )
-    assert trainer.global_step == 5
-    scalars, _ = read_events(tmp_path / "b" / "tensorboard")
-    assert len(scalars["train/loss"]) == 3  # steps 2, 3 and 4 ran (each logged), not five from 0
+    """Each resume adds 2 steps, in whichever loop the clip setting asks for; no step is run twice."""
+    previous = []
+    for i, clip in enumerate(clips):
+        steps = f"trainer.max_steps={2 * (i + 1)}"
+        _, trainer = _fit(
+            tmp_path,
+            mnist_root,
+            compose_train,
+            f"r{i}",
+            steps,
+            f"trainer.gradient_clip_val={clip}",
+            *previous,
+        )
+        assert trainer.global_step == 2 * (i + 1)
+        scalars, _ = read_events(tmp_path / f"r{i}" / "tensorboard")
+        assert len(scalars["train/loss"]) == 2  # two new steps (each logged), not a restart from 0
+        previous = [f"ckpt_path={tmp_path / f'r{i}' / 'checkpoints' / 'last.ckpt'}"]
+
+
+@pytest.mark.parametrize("clip,fused", [("null", True), ("1.0", False)])
+def test_bf16_mixed_trains_with_fused_adam_unless_gradients_are_clipped(
+    tmp_path, mnist_root, compose_train, clip, fused
+):
+    """Lightning's mixed-precision plugin cannot clip for an optimiser that unscales itself."""
+    over = ["trainer.max_steps=2", "trainer.precision=bf16-mixed", f"trainer.gradient_clip_val={clip}"]
+    model, trainer = _fit(tmp_path, mnist_root, compose_train, "run", *over)
+    assert trainer.global_step == 2 and model.optimizers(use_pl_optimizer=False).fused == fused
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_options_that_live_in_lightnings_loop_switch_it_on():
+    def trainer(**kw):
+        return L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, **kw)
+
+    assert not needs_lightnings_loop(trainer())
+    assert needs_lightnings_loop(trainer(gradient_clip_val=0.5))
+    assert needs_lightnings_loop(trainer(accumulate_grad_batches=2))
+    for checkpoint in (
+        ModelCheckpoint(every_n_train_steps=100),
+        ModelCheckpoint(train_time_interval=timedelta(1)),
+    ):
+        assert needs_lightnings_loop(trainer(callbacks=[checkpoint]))
+    assert not needs_lightnings_loop(trainer(callbacks=[ModelCheckpoint(monitor="val/loss")]))
 
 
 def test_fused_adam_stays_fused_when_it_loads_a_plain_adam_state():

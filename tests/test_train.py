@@ -85,6 +85,16 @@ def test_resume_from_last_checkpoint_continues_the_step_count(tmp_path, mnist_ro
     assert len(scalars["train/loss"]) == 2  # only the two new steps were trained
 
 
+def test_a_run_stopped_by_max_steps_mid_epoch_leaves_last_ckpt_at_its_final_step(
+    tmp_path, mnist_root, compose_train
+):
+    over = _overrides(tmp_path, mnist_root) + ["dataset.val_size=40", "trainer.max_epochs=9"]
+    run(compose_train(over + ["trainer.limit_train_batches=3", "trainer.max_steps=4"]))  # epoch 1, batch 1
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch000-step000003.ckpt", "last.ckpt"]
+
+
 def test_bernoulli_decoder_with_binarised_mnist_trains(tmp_path, mnist_root, compose_train):
     cfg = compose_train(
         _overrides(tmp_path, mnist_root)

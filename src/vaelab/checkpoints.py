@@ -196,13 +196,14 @@ def carry_step_count(checkpoint: dict, manual: bool) -> None:
     Lightning keeps separate counters for its automatic and manual optimisation loops and
     restores each from its own; :class:`vaelab.module.VAEModule` switches between them when
     gradient clipping or accumulation is turned on or off (and older vaelab checkpoints were all
-    automatic), so without this a resumed run would restart at step 0.
+    automatic), so without this a resumed run would restart at step 0, or, after two switches,
+    at the step of the first.
     """
     loop = checkpoint.get("loops", {}).get("fit_loop", {})
     if AUTOMATIC_STEPS not in loop or MANUAL_STEPS not in loop:
         return
     automatic = loop[AUTOMATIC_STEPS]["optimizer"]["step"]
     source, target = (automatic, loop[MANUAL_STEPS]) if manual else (loop[MANUAL_STEPS], automatic)
-    if target["total"]["completed"] == 0 and source["total"]["completed"] > 0:
+    if source["total"]["completed"] > target["total"]["completed"]:  # the other one is stale
         for part in ("total", "current"):
             target[part].update(source[part])

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from vaelab.errors import UserError
 
-TERMS = ("loss", "recon", "kl", "gradient")
+TERMS = ("loss", "recon", "kl", "gradient")  # what DeferredCheck records per step
 
 
 class NonFiniteLossError(UserError):
@@ -38,47 +38,69 @@ def check_finite_loss(loss: Tensor, terms: dict[str, Tensor], module) -> None:
 class DeferredCheck:
     """The non-finite check without a host sync per step (see the module docstring).
 
-    ``watch`` (training step) keeps the loss and the term sums on the device;
-    ``before_optimizer_step`` adds the gradient norm, writes the four into a row of a small device
-    buffer and sets the optimiser's ``found_inf`` from the gradient alone (identical on all DDP
-    ranks after the all-reduce, so all ranks skip together). ``raise_if_found`` reads the buffer:
-    the module calls it where the host syncs anyway, and it runs by itself when the buffer is full.
+    ``watch`` (training step) keeps the loss and whether each term is finite, on the device;
+    ``before_optimizer_step`` checks the gradients, sets the optimiser's ``found_inf`` (from the
+    gradients alone under DDP, where they are identical on all ranks after the all-reduce, so
+    all ranks skip together) and writes a row [loss, recon ok, kl ok, gradient ok, skipped] of a
+    small device buffer. ``raise_if_found`` reads the buffer: the module calls it where the host
+    syncs anyway, and it runs by itself when the buffer is full.
     """
 
-    def __init__(self, rows: int):
-        self.rows = max(1, rows)
+    def __init__(self, rows: int, across_ranks: bool = False):
+        self.rows, self.across_ranks = max(1, rows), across_ranks
         self._pending: list[Tensor] | None = None
         self._buffer: Tensor | None = None
         self._first_step, self._filled = 0, 0
 
     def watch(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
-        self._pending = [loss.detach().float(), *(terms[name].detach().float().sum() for name in TERMS[1:3])]
+        finite = [torch.isfinite(terms[name].detach()).all().float() for name in TERMS[1:3]]
+        self._pending = [loss.detach().float(), *finite]
 
     def before_optimizer_step(self, optimizer, step: int, module) -> None:
         if self._pending is None:
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = torch.stack(torch._foreach_norm(grads)).sum().float() if grads else self._pending[0] * 0
-        # 0·norm is 0 for a finite norm and NaN for a NaN/inf one: found_inf is then 1.0 (skip)
-        optimizer.found_inf = (grad_norm * 0).nan_to_num(nan=1.0)
+        loss = self._pending[0]
+        grads_bad = _non_finite_gradients(optimizer, loss.new_zeros(()))
+        skip = (
+            grads_bad
+            if self.across_ranks
+            else torch.maximum(grads_bad, loss.isfinite().logical_not().float())
+        )
+        optimizer.found_inf = skip
         if self._buffer is None:
-            self._buffer = grad_norm.new_zeros(self.rows, len(TERMS))
+            self._buffer = loss.new_zeros(self.rows, len(TERMS) + 1)
         if self._filled == 0:
             self._first_step = step
-        torch.stack([*self._pending, grad_norm], out=self._buffer[self._filled])
+        torch.stack([*self._pending, 1 - grads_bad, skip], out=self._buffer[self._filled])
         self._filled, self._pending = self._filled + 1, None
         if self._filled == self.rows:
             self.raise_if_found(module)
 
     def raise_if_found(self, module) -> None:
         rows, self._filled = self._buffer[: self._filled].tolist() if self._filled else [], 0
-        for offset, values in enumerate(rows):
-            if not all(map(math.isfinite, values)):
-                bad = [name for name, v in zip(TERMS[1:], values[1:], strict=True) if not math.isfinite(v)]
-                raise _error(module, self._first_step + offset, values[0], bad, skipped=True)
+        for offset, (loss, *ok, skipped) in enumerate(rows):
+            if not math.isfinite(loss) or not all(ok):
+                bad = [name for name, fine in zip(TERMS[1:], ok, strict=True) if not fine]
+                raise _error(module, self._first_step + offset, loss, bad, skipped=bool(skipped))
 
 
-def _error(module, step: int, value: float, bad: list[str], skipped: bool = False) -> NonFiniteLossError:
+def _non_finite_gradients(optimizer, found: Tensor) -> Tensor:
+    """1.0 if any gradient holds a NaN/inf, else 0.0, on the device; GradScaler's kernel, which
+    cannot overflow the way a norm of large finite gradients would."""
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    one = torch.ones((), device=found.device)
+    for grads in by_dtype.values():
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+    return found
+
+
+def _error(
+    module, step: int, value: float, bad: list[str], skipped: bool | None = None
+) -> NonFiniteLossError:
     trainer = module.trainer
     if math.isfinite(value):  # a finite loss whose gradient is not
         what, culprit = "The gradient became non-finite", "the gradient"
@@ -86,9 +108,14 @@ def _error(module, step: int, value: float, bad: list[str], skipped: bool = Fals
         what = f"The training loss became {'NaN' if math.isnan(value) else value}"
         terms = [name for name in bad if name != "gradient"]
         culprit = f"the {' and '.join(terms)} term" if terms else "the β-weighted sum of finite terms"
-    if skipped:  # found by a deferred look, which can come a few steps later
-        where = f"at step {step}: {culprit} is not finite. Its update was skipped on the device, so the "
-        kept = f"weights are finite; the run stopped at step {trainer.global_step}"
+    if skipped is not None:  # found by a deferred look, which can come a few steps later
+        done = (
+            "was skipped on the device, so the weights are finite"
+            if skipped
+            else "ran (its gradient was finite)"
+        )
+        where = f"at step {step}: {culprit} is not finite. Its update {done}; "
+        kept = f"the run stopped at step {trainer.global_step}"
     else:
         where = f"at step {step} (epoch {trainer.current_epoch}): {culprit} is not finite. "
         kept = "The run stopped before this step changed the weights"

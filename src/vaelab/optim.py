@@ -14,15 +14,27 @@ import torch
 IMPLEMENTATION = ("fused", "foreach")
 
 
+def fused_kernel_for(params: list[torch.Tensor]) -> bool:
+    """Whether torch has a fused Adam kernel for these parameters' devices and dtypes (it only
+    checks at the first step, so a wrong guess would crash there instead of falling back)."""
+    supported = torch.utils._foreach_utils._get_fused_kernels_supported_devices()
+    return all(p.device.type in supported and torch.is_floating_point(p) for p in params)
+
+
+def fused_allowed(precision: str, clipping: bool) -> bool:
+    """Lightning's mixed-precision plugin refuses to clip the gradients of an optimiser that
+    unscales them itself, as fused Adam does; and under fp16 (``16-mixed``) the GradScaler, not
+    vaelab's check, decides which steps to skip, since inf gradients are routine there."""
+    return precision != "16-mixed" and not (precision.endswith("-mixed") and clipping)
+
+
 class Adam(torch.optim.Adam):
     """Adam, fused when possible, and still fused after loading a checkpoint of another kind."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, fused: bool = True):
         params = list(params)
-        try:
-            super().__init__(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-        except RuntimeError:  # no fused kernel for this device or dtype (MPS; CPU before torch 2.4)
-            super().__init__(params, lr=lr, weight_decay=weight_decay)
+        fused = fused and fused_kernel_for(params)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
     @property
     def fused(self) -> bool:

@@ -74,9 +74,11 @@ class ResumeCheckpoints(Checkpoint):
             raise KeyboardInterrupt
         self._signum = signum
         log.warning(
-            "%s received: saving a checkpoint at the end of this training step, then stopping "
+            "%s received: saving a checkpoint at the end of this training step (under DDP: of the next "
+            "step all ranks check, at most %d steps on), then stopping "
             "(send it again to stop at once, without saving).",
             signal.Signals(signum).name,
+            DDP_CHECK_EVERY,
         )
 
     def _install_handlers(self) -> None:
@@ -151,6 +153,14 @@ class ResumeCheckpoints(Checkpoint):
         if self._stop_requested(trainer, epoch_end=True):
             self._save_and_stop(trainer)
         if self._due:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """A run stopped by ``max_steps`` inside an epoch: ModelCheckpoint's last.ckpt is from the
+        last epoch end, so a resumed run would redo the steps since; bring it to the final step."""
+        out_of_steps = 0 < trainer.max_steps <= trainer.global_step
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if out_of_steps and not last_batch and self._saved_step != trainer.global_step:
             self._save(trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
