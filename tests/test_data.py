@@ -10,6 +10,7 @@ import torch
 from conftest import make_digits, write_celeba, write_mnist
 
 from vaelab.data import CelebADataModule, MNISTDataModule
+from vaelab.data.cache import load_or_build
 from vaelab.data.celeba import decode_face
 from vaelab.data.idx import read_idx, write_idx
 from vaelab.data.loader import EpochBatchSampler
@@ -98,6 +99,32 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     again = _mnist(root, tmp_path).load_splits()
     assert torch.equal(good["test"]["images"], again["test"]["images"])
     assert cache.stat().st_size > 1000
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_a_cached_split_is_mapped_from_its_file_not_copied_into_each_process(tmp_path):
+    """Memory-mapped: DDP ranks on one node share the pages of one cache file (CelebA-64: 2.5 GB)
+    instead of each holding a copy, and a split costs memory only as it is read."""
+    noise = torch.Generator().manual_seed(0)
+    load_or_build(
+        tmp_path,
+        "big",
+        "k",
+        lambda: {"train/images": torch.randint(0, 255, (64, 2**20), generator=noise, dtype=torch.uint8)},
+    )  # 64 MB
+    before = _rss_mb()
+    loaded = load_or_build(tmp_path, "big", "k", lambda: pytest.fail("rebuilt"), ["train/images"])
+    mapped = _rss_mb()
+    checksum = int(loaded["train/images"].sum(dtype=torch.int64))  # touches every page
+    assert mapped - before < 16 and _rss_mb() - before > 48 and checksum > 0
+    loaded["train/images"][0] = 0  # copy-on-write: the file keeps its bytes
+    again = load_or_build(tmp_path, "big", "k", lambda: pytest.fail("rebuilt"), ["train/images"])
+    assert int(again["train/images"].sum(dtype=torch.int64)) == checksum
 
 
 def test_missing_mnist_says_where_to_put_files(tmp_path):

@@ -1,7 +1,9 @@
 """A disk cache of decoded splits, keyed on the source files and the preprocessing.
 
-Decoding (gunzip + parse, or JPEG decode + crop + resize) happens once; later runs load
-one uint8 tensor file. The key hashes each source file's path, size and mtime with the
+Decoding (gunzip + parse, or JPEG decode + crop + resize) happens once; later runs map
+one uint8 tensor file into memory (``torch.load(mmap=True)``: pages are read as they are
+used and shared by all processes on a node, so DDP ranks hold one copy, not one each).
+The key hashes each source file's path, size and mtime with the
 preprocessing parameters, so a changed source or setting builds a new entry instead of
 serving stale data. Writes go to a temp file renamed into place, so a killed build never
 leaves a half-written cache; an unreadable entry, or one without the expected tensors, is
@@ -44,7 +46,7 @@ def cache_key(**parts) -> str:
 def _load(path: Path, required: Iterable[str]) -> dict[str, Tensor] | None:
     """The entry at ``path``, or None (with a warning) when it is unreadable or incomplete."""
     try:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # corrupt or truncated: rebuilding is always safe
         log.warning("cache file %s is unreadable (%s); rebuilding it", path, type(err).__name__)
         return None
