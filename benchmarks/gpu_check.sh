@@ -4,8 +4,16 @@
 # compiled; (b) the classic pipeline once, in fp32; vaelab with the split in pinned host memory
 # instead of on the GPU; and the CUDA-only tests (pinned staging, the NaN check without a sync).
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]     (default outputs/bench/gpu; PYTHON=... to pick python)
+# vaelab is imported from src/, so no install is needed. On the device tool's GPU machine (it has
+# torch, Lightning and TensorBoard, not Hydra), build the pure-Python wheels here once:
+#   echo /.whl/ >> .git/info/exclude
+#   .venv/bin/pip wheel --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+# then run there, carrying .whl (about 5 minutes):
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#   PYTHONPATH=/tmp/site PYTHON=python3 bash benchmarks/gpu_check.sh $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 out=${1:-outputs/bench/gpu}
 py=${PYTHON:-.venv/bin/python}
 synthetic=${TMPDIR:-/tmp}/vaelab-bench-synthetic # written once when real data is absent, then reused
