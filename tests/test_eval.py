@@ -8,11 +8,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT, compose_config, tiny_overrides, write_celeba, write_mnist
 from events import read_events
 from omegaconf import OmegaConf
 from PIL import Image
 
+from vaelab import evaluate as evaluate_module
 from vaelab.errors import UserError
 from vaelab.evaluate import run as evaluate
 from vaelab.train import run as train
@@ -91,7 +93,7 @@ def test_a_missing_checkpoint_model_overrides_and_a_dataset_of_another_shape_are
         )
 
 
-def test_bernoulli_on_binarised_digits_reports_discrete_bits_per_dim(tmp_path, mnist_root):
+def test_bernoulli_on_binarised_digits_reports_discrete_bits_per_dim(tmp_path, mnist_root, monkeypatch):
     run_dir = _train(
         tmp_path, mnist_root, ["dataset.val_size=40", "model.likelihood=bernoulli", "dataset.binarize=true"]
     )
@@ -99,6 +101,15 @@ def test_bernoulli_on_binarised_digits_reports_discrete_bits_per_dim(tmp_path, m
     assert "discrete" in m["bits_per_dim_formula"]
     assert m["bits_per_dim"] == pytest.approx(m["nll_iwae"] / (784 * math.log(2)))
     assert 0 < m["nll_iwae"] <= m["neg_elbo"]
+    scored, numbers = [], evaluate_module._numbers
+    monkeypatch.setattr(
+        evaluate_module,
+        "_numbers",
+        lambda cfg, vae, images, lik: scored.append(images) or numbers(cfg, vae, images, lik),
+    )
+    for _ in range(2):  # the train split too is scored on 0/1 pixels, the same draw each time
+        _evaluate(run_dir, tmp_path / "eval-train", ["eval.k=2", "eval.split=train"])
+    assert set(scored[0].unique().tolist()) == {0, 255} and torch.equal(scored[0], scored[1])
 
 
 def test_celeba_checkpoint_gives_colour_64px_figures(tmp_path, celeba_root):
