@@ -549,6 +549,19 @@ def test_deferred_check_skips_the_bad_update_on_the_device_and_names_the_step():
     check.raise_if_found(host)  # reported once
 
 
+def test_deferred_check_keeps_a_bad_micro_batch_of_an_accumulated_step():
+    net = torch.nn.Linear(3, 1)
+    opt = Adam(net.parameters(), lr=0.1)
+    check, host = DeferredCheck(rows=4), _guard_host()
+    for loss in (torch.tensor(float("inf")), torch.tensor(2.0)):  # the first micro-batch broke
+        check.watch(loss, {"recon": loss.expand(2), "kl": torch.ones(2)})
+    net.weight.grad, net.bias.grad = torch.zeros(1, 3), torch.zeros(1)
+    check.before_optimizer_step(opt, 0, host)
+    assert opt.found_inf.item() == 1.0  # one device: a non-finite loss skips the step by itself
+    with pytest.raises(NonFiniteLossError, match="became inf at step 0: the recon term is not finite"):
+        check.raise_if_found(host)
+
+
 def test_deferred_check_reads_its_buffer_by_itself_when_full_and_names_a_bad_gradient():
     net = torch.nn.Linear(3, 1)
     opt = Adam(net.parameters(), lr=0.1)

@@ -54,7 +54,13 @@ class DeferredCheck:
 
     def watch(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
         finite = [torch.isfinite(terms[name].detach()).all().float() for name in TERMS[1:3]]
-        self._pending = [loss.detach().float(), *finite]
+        step = [loss.detach().float(), *finite]
+        if self._pending is not None:  # accumulated micro-batches: a non-finite one taints the sum
+            step = [
+                self._pending[0] + step[0],
+                *(a * b for a, b in zip(self._pending[1:], step[1:], strict=True)),
+            ]
+        self._pending = step
 
     def before_optimizer_step(self, optimizer, step: int, module) -> None:
         if self._pending is None:
