@@ -27,7 +27,7 @@ from conftest import (
 from vaelab.atomic import atomic_torch_save, remove_stale_temps
 from vaelab.checkpoints import check_fits, load_checkpoint
 from vaelab.module import VAEModule
-from vaelab.resume import DDP_CHECK_EVERY, ResumeCheckpoints
+from vaelab.resume import DDP_CHECK_EVERY, ResumeCheckpoints, RunInterrupted
 from vaelab.train import run
 
 BATCHES_PER_EPOCH = 100  # 1600 training images in batches of 16
@@ -217,3 +217,41 @@ def test_ddp_ranks_agree_on_a_signal_every_tenth_step_and_at_epoch_end(tmp_path)
     ] * 2
     trainer.global_step = 13
     assert callback._stop_requested(trainer, epoch_end=True) and len(votes) == 3
+
+
+@pytest.mark.parametrize("first_stop", [2, 4], ids=["in-epoch-0", "in-epoch-1"])
+def test_a_max_steps_stop_inside_an_epoch_resumes_exactly(tmp_path, data, first_stop):
+    """max_steps cuts an epoch of 3 batches short; raising it and resuming must give the run that
+    never stopped: the rest of the same epoch (its data order, its validation), not the next one.
+    In epoch 0 ModelCheckpoint writes last.ckpt again at the end of training, after the books of
+    the cut epoch are closed; both saves must say the same."""
+    common = _overrides(data, tmp_path / "cache", "trainer.limit_train_batches=3", "trainer.max_epochs=9")
+
+    def fit(out: str, max_steps: int, *extra: str) -> dict:
+        metrics = run(
+            compose_config(
+                [*common, f"paths.output_dir={tmp_path / out}", f"trainer.max_steps={max_steps}", *extra]
+            )
+        )
+        return metrics, load_checkpoint(tmp_path / out / "checkpoints" / "last.ckpt")
+
+    _, stopped = fit("run", first_stop)
+    assert stopped["global_step"] == first_stop and stopped["epoch"] == first_stop // 3  # still in it
+    metrics, final = fit("run", 5, f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}")
+    reference, ref_final = fit("ref", 5)
+    assert final["global_step"] == ref_final["global_step"] == 5 and final["epoch"] == ref_final["epoch"] == 1
+    for name, tensor in ref_final["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], tensor), name
+    assert metrics["test/loss"] == reference["test/loss"]
+
+
+def test_a_signal_caught_after_the_last_epochs_check_still_saves_and_stops_before_the_test(tmp_path):
+    saved = []
+    trainer = SimpleNamespace(world_size=1, global_step=12, current_epoch=3, save_checkpoint=saved.append)
+    callback = ResumeCheckpoints(str(tmp_path))
+    callback.on_train_end(trainer, None)  # no signal: nothing to do
+    assert saved == []
+    callback._signum = signal.SIGTERM
+    with pytest.raises(RunInterrupted) as stop:
+        callback.on_train_end(trainer, None)
+    assert stop.value.code == 128 + signal.SIGTERM and saved == [tmp_path / "last.ckpt"]

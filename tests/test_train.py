@@ -91,7 +91,8 @@ def test_a_run_stopped_by_max_steps_mid_epoch_leaves_last_ckpt_at_its_final_step
     over = _overrides(tmp_path, mnist_root) + ["dataset.val_size=40", "trainer.max_epochs=9"]
     run(compose_train(over + ["trainer.limit_train_batches=3", "trainer.max_steps=4"]))  # epoch 1, batch 1
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 4 and last["epoch"] == 1  # inside epoch 1, which resuming finishes
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch000-step000003.ckpt", "last.ckpt"]
 
 

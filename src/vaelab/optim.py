@@ -14,11 +14,13 @@ import torch
 IMPLEMENTATION = ("fused", "foreach")
 
 
-def fused_kernel_for(params: list[torch.Tensor]) -> bool:
-    """Whether torch has a fused Adam kernel for these parameters' devices and dtypes (it only
-    checks at the first step, so a wrong guess would crash there instead of falling back)."""
+def fused_kernel_for(params: list) -> bool:
+    """Whether torch has a fused Adam kernel for these parameters' (or parameter groups')
+    devices and dtypes: torch checks only at the first step, so a wrong guess would crash there
+    instead of falling back."""
     supported = torch.utils._foreach_utils._get_fused_kernels_supported_devices()
-    return all(p.device.type in supported and torch.is_floating_point(p) for p in params)
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    return all(p.device.type in supported and torch.is_floating_point(p) for p in tensors)
 
 
 def fused_allowed(precision: str, clipping: bool) -> bool:

@@ -145,7 +145,7 @@ class ResumeCheckpoints(Checkpoint):
             return  # validation follows: saving now would make a resumed run skip it
         if self._stop_requested(trainer):
             self._save_and_stop(trainer)
-        if self._due:
+        if self._due or _out_of_steps(trainer):  # the run's last step: last.ckpt holds it
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -156,12 +156,12 @@ class ResumeCheckpoints(Checkpoint):
             self._save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        """A run stopped by ``max_steps`` inside an epoch: ModelCheckpoint's last.ckpt is from the
-        last epoch end, so a resumed run would redo the steps since; bring it to the final step."""
-        out_of_steps = 0 < trainer.max_steps <= trainer.global_step
-        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if out_of_steps and not last_batch and self._saved_step != trainer.global_step:
-            self._save(trainer)
+        if self._stop_requested(trainer, epoch_end=True):  # after the last epoch's look: no test
+            self._save_and_stop(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if _books_closed_on_a_cut_epoch(trainer):  # any saver's, ModelCheckpoint's included
+            reopen_epoch(checkpoint)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore_handlers()
@@ -177,9 +177,33 @@ class ResumeCheckpoints(Checkpoint):
 
 
 def _epoch_ends_here(trainer: L.Trainer) -> bool:
-    """Whether the batch just trained is the last of its epoch (or of the whole run)."""
-    out_of_steps = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or out_of_steps
+    """Whether the batch just trained is the last of its epoch: validation follows it. A step
+    that ``max_steps`` stops inside an epoch is saved like any other (no validation follows)."""
+    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
+def _out_of_steps(trainer: L.Trainer) -> bool:
+    return 0 < trainer.max_steps <= trainer.global_step
+
+
+def _books_closed_on_a_cut_epoch(trainer: L.Trainer) -> bool:
+    """Whether ``max_steps`` stopped the run inside an epoch and Lightning has since counted
+    that epoch as processed (its ``on_train_epoch_end`` and ``on_train_end`` come after)."""
+    fit = trainer.fit_loop
+    cut = _out_of_steps(trainer) and not _epoch_ends_here(trainer)
+    return cut and fit.epoch_progress.current.processed == fit.epoch_progress.current.ready
+
+
+def reopen_epoch(checkpoint: dict) -> None:
+    """Write the loop counters as they stood at the end of the epoch's last trained batch, so a
+    resumed run goes on inside that epoch (same data order, its validation still to come)
+    instead of starting the next one and skipping the rest of this."""
+    loop = checkpoint["loops"]["fit_loop"]
+    for part in ("total", "current"):
+        epochs, batches = loop["epoch_progress"][part], loop["epoch_loop.batch_progress"][part]
+        epochs["processed"] = epochs["completed"] = epochs["ready"] - 1
+        batches["completed"] = batches["processed"] - 1
+    checkpoint["epoch"] = loop["epoch_progress"]["current"]["completed"]
 
 
 # -- which checkpoint, which folder ----------------------------------------------------
