@@ -549,6 +549,27 @@ def test_deferred_check_skips_the_bad_update_on_the_device_and_names_the_step():
     check.raise_if_found(host)  # reported once
 
 
+def test_under_ddp_every_rank_stops_when_one_found_a_bad_step():
+    """A rank whose own record is clean still raises when another rank's is not (the vote is
+    an all-reduce, faked here), so no rank is left waiting in a collective."""
+    votes = []
+    host = _guard_host()
+    host.trainer.strategy = SimpleNamespace(
+        reduce_boolean_decision=lambda found, all: votes.append(found) or True
+    )
+    net = torch.nn.Linear(3, 1)
+    opt = Adam(net.parameters(), lr=0.1)
+    check = DeferredCheck(rows=4, across_ranks=True)
+    check.watch(torch.tensor(1.0), {"recon": torch.ones(2), "kl": torch.ones(2)})
+    net.weight.grad, net.bias.grad = torch.zeros(1, 3), torch.zeros(1)
+    check.before_optimizer_step(opt, 0, host)
+    with pytest.raises(NonFiniteLossError, match="Another DDP rank's training loss became non-finite"):
+        check.raise_if_found(host)
+    host.trainer.strategy.reduce_boolean_decision = lambda found, all: votes.append(found) or found
+    check.raise_if_found(host)  # nobody found anything: the run goes on
+    assert votes == [False, False]
+
+
 def test_deferred_check_keeps_a_bad_micro_batch_of_an_accumulated_step():
     net = torch.nn.Linear(3, 1)
     opt = Adam(net.parameters(), lr=0.1)

@@ -83,11 +83,30 @@ class DeferredCheck:
             self.raise_if_found(module)
 
     def raise_if_found(self, module) -> None:
+        """Raise for the first bad step recorded since the last look. Under DDP every rank looks
+        at the same steps, and all stop if one found something: a rank whose loss broke while
+        the all-reduced gradients stayed finite would otherwise stop alone, and the others wait
+        in their next collective until it times out."""
         rows, self._filled = self._buffer[: self._filled].tolist() if self._filled else [], 0
-        for offset, (loss, *ok, skipped) in enumerate(rows):
-            if not math.isfinite(loss) or not all(ok):
-                bad = [name for name, fine in zip(TERMS[1:], ok, strict=True) if not fine]
-                raise _error(module, self._first_step + offset, loss, bad, skipped=bool(skipped))
+        error = next(
+            (e for offset, row in enumerate(rows) if (e := self._row_error(module, offset, row))), None
+        )
+        if self.across_ranks and module.trainer.strategy.reduce_boolean_decision(
+            error is not None, all=False
+        ):
+            error = error or NonFiniteLossError(
+                "Another DDP rank's training loss became non-finite (its message names the step and "
+                f"the term); this rank stopped with it at step {module.trainer.global_step}."
+            )
+        if error is not None:
+            raise error
+
+    def _row_error(self, module, offset: int, row: list[float]) -> NonFiniteLossError | None:
+        loss, *ok, skipped = row
+        if math.isfinite(loss) and all(ok):
+            return None
+        bad = [name for name, fine in zip(TERMS[1:], ok, strict=True) if not fine]
+        return _error(module, self._first_step + offset, loss, bad, skipped=bool(skipped))
 
 
 def _non_finite_gradients(optimizer, found: Tensor) -> Tensor:
