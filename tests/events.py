@@ -17,3 +17,14 @@ def read_events(log_dir: Path) -> tuple[dict[str, list[float]], dict[str, list]]
         for tag in acc.Tags()["images"]:
             images.setdefault(tag, []).extend(acc.Images(tag))
     return scalars, images
+
+
+def scalar_steps(log_dir: Path, tag: str) -> list[int]:
+    """The logger steps at which ``tag`` was written, over every event file under ``log_dir``."""
+    steps = []
+    for f in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars(tag)]
+    return sorted(steps)

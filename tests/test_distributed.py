@@ -190,6 +190,37 @@ def test_ddp_cpu_job_in_a_sweep_writes_one_dir_and_syncs_val_loss(tmp_path, mnis
     assert "| 0 |" in proc.stdout and (sweep / "summary.csv").is_file()  # the sweep summary ran
 
 
+def test_a_nan_on_one_ddp_cpu_rank_stops_both_ranks_at_once(tmp_path, mnist_root):
+    """Rank 1's batch at step 3 is NaN; rank 0's loss stays finite. Both skip the update (the
+    all-reduced gradient is NaN on both), vote at the next look and stop, instead of one rank
+    stopping and the other waiting in a collective until the timeout."""
+    overrides = cli_overrides(tmp_path, mnist_root)
+    nan = [
+        "+callbacks.nan._target_=rank_probe.NanBatchOnRank",
+        "+callbacks.nan.rank=1",
+        "+callbacks.nan.step=3",
+    ]
+    start = time.perf_counter()
+    proc = run_train_cli(
+        [
+            "trainer=ddp_cpu",
+            *overrides,
+            "trainer.limit_train_batches=6",
+            "trainer.log_every_n_steps=50",
+            *nan,
+        ],
+        env_extra={"PYTHONPATH": str(TESTS)},
+        timeout=120,
+    )
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, out[-3000:]
+    # rank 0 reports (its own loss was finite, the all-reduced gradient not); rank 1 stopped with it
+    assert (
+        "The gradient became non-finite at step 3: the gradient is not finite. Its update was skipped" in out
+    )
+    assert time.perf_counter() - start < 100
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

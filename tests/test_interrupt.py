@@ -23,6 +23,7 @@ from conftest import (
     train_command,
     write_mnist,
 )
+from events import scalar_steps
 
 from vaelab.atomic import atomic_torch_save, remove_stale_temps
 from vaelab.checkpoints import check_fits, load_checkpoint
@@ -243,6 +244,10 @@ def test_a_max_steps_stop_inside_an_epoch_resumes_exactly(tmp_path, data, first_
     for name, tensor in ref_final["state_dict"].items():
         assert torch.equal(final["state_dict"][name], tensor), name
     assert metrics["test/loss"] == reference["test/loss"]
+    for tag in ("train/loss", "val/loss"):  # and the logger's steps run on as if it never stopped
+        assert scalar_steps(tmp_path / "run" / "tensorboard", tag) == scalar_steps(
+            tmp_path / "ref" / "tensorboard", tag
+        )
 
 
 def test_a_signal_caught_after_the_last_epochs_check_still_saves_and_stops_before_the_test(tmp_path):
@@ -255,3 +260,20 @@ def test_a_signal_caught_after_the_last_epochs_check_still_saves_and_stops_befor
     with pytest.raises(RunInterrupted) as stop:
         callback.on_train_end(trainer, None)
     assert stop.value.code == 128 + signal.SIGTERM and saved == [tmp_path / "last.ckpt"]
+
+
+def test_no_periodic_save_is_due_at_step_zero(tmp_path):
+    """With accumulate_grad_batches > 1 the first micro-batches end at global step 0, which is a
+    multiple of every_n_steps; nothing has been trained yet, so nothing is due."""
+    callback = ResumeCheckpoints(str(tmp_path), every_n_steps=4)
+    batches = SimpleNamespace(is_last_batch=False)
+    fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=batches))
+    trainer = SimpleNamespace(
+        world_size=1, global_step=0, max_steps=-1, fit_loop=fit_loop, save_checkpoint=pytest.fail
+    )
+    callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert not callback._due
+    trainer.global_step, saved = 4, []
+    trainer.save_checkpoint = saved.append
+    callback.on_train_batch_end(trainer, None, None, None, 7)
+    assert saved == [tmp_path / "last.ckpt"]

@@ -96,6 +96,14 @@ def test_a_run_stopped_by_max_steps_mid_epoch_leaves_last_ckpt_at_its_final_step
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch000-step000003.ckpt", "last.ckpt"]
 
 
+def test_a_max_steps_stop_at_an_epochs_end_without_validation_is_saved(tmp_path, mnist_root, compose_train):
+    over = _overrides(tmp_path, mnist_root) + ["dataset.val_size=40", "trainer.max_epochs=9"]
+    over += ["trainer.limit_train_batches=3", "trainer.max_steps=9", "trainer.check_val_every_n_epoch=2"]
+    run(compose_train(over))  # validation after epoch 1 (step 6) only; epoch 2 ends the run at step 9
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 9
+
+
 def test_bernoulli_decoder_with_binarised_mnist_trains(tmp_path, mnist_root, compose_train):
     cfg = compose_train(
         _overrides(tmp_path, mnist_root)

@@ -137,12 +137,15 @@ class VAEModule(L.LightningModule):
 
     # -- the non-finite check on an accelerator (vaelab.guards) ----------------------------
     def _defers_loss_check(self) -> bool:
-        """A host sync per step is free on the CPU and a stall on an accelerator. Deferring needs
-        fused Adam (it skips a bad step on the device) and whole gradients on every rank
-        (one device or DDP; FSDP and DeepSpeed shard them, so ranks would disagree)."""
+        """A host sync per step is free on the CPU and a stall on an accelerator; under DDP
+        (CPU too) the deferred check also makes all ranks skip and stop together, where a rank
+        stopping alone before backward would leave the others waiting in its all-reduce.
+        Deferring needs fused Adam (it skips a bad step on the device) and whole gradients on
+        every rank (one device or DDP; FSDP and DeepSpeed shard them, so ranks would disagree)."""
         whole_gradients = type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)
         fused = self.optimizers(use_pl_optimizer=False).fused
-        return self.device.type != "cpu" and fused and whole_gradients
+        worth_it = self.device.type != "cpu" or self.trainer.world_size > 1
+        return worth_it and fused and whole_gradients
 
     def on_train_start(self) -> None:
         self._deferred = None

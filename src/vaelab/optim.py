@@ -23,6 +23,12 @@ def fused_kernel_for(params: list) -> bool:
     return all(p.device.type in supported and torch.is_floating_point(p) for p in tensors)
 
 
+def _listed(params) -> list:
+    """A parameter list as torch.optim accepts it (one tensor, or any iterable), as a list: a
+    generator is read once, here, not used up by the fused-kernel check."""
+    return [params] if isinstance(params, torch.Tensor) else list(params)
+
+
 def fused_allowed(precision: str, clipping: bool) -> bool:
     """Lightning's mixed-precision plugin refuses to clip the gradients of an optimiser that
     unscales them itself, as fused Adam does; and under fp16 (``16-mixed``) the GradScaler, not
@@ -34,7 +40,9 @@ class Adam(torch.optim.Adam):
     """Adam, fused when possible, and still fused after loading a checkpoint of another kind."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, fused: bool = True):
-        params = list(params)
+        params = [
+            {**g, "params": _listed(g["params"])} if isinstance(g, dict) else g for g in _listed(params)
+        ]
         fused = fused and fused_kernel_for(params)
         super().__init__(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 

@@ -139,8 +139,13 @@ class ResumeCheckpoints(Checkpoint):
             self._rng_to_restore = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        self._due |= bool(self.every_n_steps) and step % self.every_n_steps == 0 and step != self._saved_step
+        step = trainer.global_step  # > 0: accumulating micro-batches end batches at step 0 too
+        self._due |= (
+            bool(self.every_n_steps)
+            and step > 0
+            and step % self.every_n_steps == 0
+            and step != self._saved_step
+        )
         if _epoch_ends_here(trainer):
             return  # validation follows: saving now would make a resumed run skip it
         if self._stop_requested(trainer):
@@ -152,7 +157,9 @@ class ResumeCheckpoints(Checkpoint):
         # the signal came late in the epoch or in validation
         if self._stop_requested(trainer, epoch_end=True):
             self._save_and_stop(trainer)
-        if self._due:
+        # max_steps ended the run on an epoch's last batch with no validation after it (say
+        # check_val_every_n_epoch=2): ModelCheckpoint saves nothing then
+        if self._due or (_out_of_steps(trainer) and self._saved_step != trainer.global_step):
             self._save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -203,6 +210,7 @@ def reopen_epoch(checkpoint: dict) -> None:
         epochs, batches = loop["epoch_progress"][part], loop["epoch_loop.batch_progress"][part]
         epochs["processed"] = epochs["completed"] = epochs["ready"] - 1
         batches["completed"] = batches["processed"] - 1
+    loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1  # the logger's step; +1 on restart
     checkpoint["epoch"] = loop["epoch_progress"]["current"]["completed"]
 
 

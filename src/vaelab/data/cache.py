@@ -12,6 +12,7 @@ rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -63,7 +64,7 @@ def _read_ahead(path: Path) -> None:
     split is then read in one sequential sweep, not page by page in the random order of the
     first epoch's batches (which is slow on a cold cache or a network file system)."""
     if hasattr(os, "posix_fadvise"):
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, contextlib.suppress(OSError):  # advice only: never a reason to rebuild
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
 
 
