@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from vaelab import checkpoints
 from vaelab.config import config_tree, validate
-from vaelab.data.base import SPLITS, binarize_uint8, to_unit_float
+from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
 from vaelab.figures import FigureSettings, evaluation_figures, publish
 from vaelab.metrics import DataModel, active_units, fid_scores, inception_fid, likelihood_metrics
@@ -124,7 +124,7 @@ def _load_split(cfg: DictConfig, image_shape: tuple) -> tuple[object, dict]:
     split = datamodule.load_splits()[cfg.eval.split]
     if cfg.eval.split == "train" and datamodule.binarize:  # training draws fresh 0/1 images each
         # step from the grey ones; a Bernoulli likelihood is scored on one fixed draw, as val/test
-        split = {**split, "images": binarize_uint8(split["images"], datamodule.seed + SPLITS.index("train"))}
+        split = {**split, "images": datamodule.fixed_binarization("train", split["images"])}
     if tuple(split["images"].shape[1:]) != tuple(image_shape):
         raise UserError(
             f"The checkpoint's model takes images of shape {tuple(image_shape)}, but "

@@ -50,6 +50,7 @@ class DeferredCheck:
         self.rows, self.across_ranks = max(1, rows), across_ranks
         self._pending: list[Tensor] | None = None
         self._buffer: Tensor | None = None
+        self._one: Tensor | None = None  # the unit "scale" GradScaler's kernel wants
         self._first_step, self._filled = 0, 0
 
     def watch(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
@@ -66,7 +67,9 @@ class DeferredCheck:
         if self._pending is None:
             return
         loss = self._pending[0]
-        grads_bad = _non_finite_gradients(optimizer, loss.new_zeros(()))
+        if self._one is None:
+            self._one = loss.new_ones(())
+        grads_bad = _non_finite_gradients(optimizer, loss.new_zeros(()), self._one)
         skip = (
             grads_bad
             if self.across_ranks
@@ -109,7 +112,7 @@ class DeferredCheck:
         return _error(module, self._first_step + offset, loss, bad, skipped=bool(skipped))
 
 
-def _non_finite_gradients(optimizer, found: Tensor) -> Tensor:
+def _non_finite_gradients(optimizer, found: Tensor, one: Tensor) -> Tensor:
     """1.0 if any gradient holds a NaN/inf, else 0.0, on the device; GradScaler's kernel, which
     cannot overflow the way a norm of large finite gradients would."""
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
@@ -117,7 +120,6 @@ def _non_finite_gradients(optimizer, found: Tensor) -> Tensor:
         for p in group["params"]:
             if p.grad is not None:
                 by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-    one = torch.ones((), device=found.device)
     for grads in by_dtype.values():
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
     return found

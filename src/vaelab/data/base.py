@@ -72,8 +72,12 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         splits = {s: {k.split("/")[1]: v for k, v in flat.items() if k.startswith(s + "/")} for s in SPLITS}
         if self.binarize:  # fixed binarisation of the evaluation data, dynamic for train
             for s in ("val", "test"):
-                splits[s]["images"] = binarize_uint8(splits[s]["images"], self.seed + SPLITS.index(s))
+                splits[s]["images"] = self.fixed_binarization(s, splits[s]["images"])
         return splits
+
+    def fixed_binarization(self, split: str, images: Tensor) -> Tensor:
+        """``split``'s one fixed 0/255 draw: the same for every run with this seed."""
+        return binarize_uint8(images, self.seed + SPLITS.index(split))
 
     def prepare_data(self) -> None:
         # on one process per node: builds the cache before ranks read it (and keeps what it
