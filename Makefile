@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train sweep test lint format tensorboard bench clean
+.PHONY: install train sweep eval test lint format tensorboard bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ train: install  ## train with the default config (MNIST, MLP VAE); add Hydra ove
 
 sweep: install  ## Hydra multirun over the latent size
 	$(BIN)/python src/train.py -m latent_dim=2,16,64 $(ARGS)
+
+eval: install  ## evaluate a checkpoint: make eval ARGS="ckpt_path=<run>/checkpoints/last.ckpt"
+	$(BIN)/python src/eval.py $(ARGS)
 
 test: install  ## the whole test suite
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -218,6 +218,11 @@ def test_a_nan_on_one_ddp_cpu_rank_stops_both_ranks_at_once(tmp_path, mnist_root
     assert (
         "The gradient became non-finite at step 3: the gradient is not finite. Its update was skipped" in out
     )
+    # and rank 1, whose own batch broke, names the term (it is not killed before it can say so)
+    assert (
+        "[rank 1 of 2] The training loss became NaN at step 3: the recon and kl terms are not finite" in out
+    )
+    assert "[rank 0 of 2] The gradient became non-finite at step 3" in out
     assert time.perf_counter() - start < 100
 
 

@@ -123,6 +123,7 @@ RULES: tuple[Rule, ...] = (
     positive_int("latent_dim", "32"),
     Rule("seed", lambda v: v is None or _int(v), "a whole number or null", "42"),
     boolean("test", "true"),
+    boolean("print_config", "false"),
     text("ckpt_path", "last", nullable=True),
     # -- model --------------------------------------------------------------------
     number("model.lr", "1e-3"),
@@ -270,6 +271,7 @@ def validate(cfg: DictConfig) -> None:
             )
     problems += _unknown_key_problems(cfg)
     problems += _combination_problems(cfg)
+    problems += _hardware_problems(cfg)
     if problems:
         raise UserError("Invalid config. " + " ".join(problems))
 
@@ -387,6 +389,42 @@ def _combination_problems(cfg: DictConfig) -> list[str]:
             "lower trainer.min_epochs or raise trainer.max_epochs."
         )
     return out
+
+
+# -- what the machine cannot do -----------------------------------------------------------
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def _gpus_asked(devices) -> int:
+    """GPUs a ``trainer.devices`` value needs at least: 3 → 3, [0, 2] or "0,2" → 2, -1/auto → 1."""
+    if _int(devices):
+        return max(devices, 1)
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    parts = [p for p in str(devices).split(",") if p.strip() not in ("", "-1", "auto")]
+    return max(len(parts), 1)
+
+
+def _hardware_problems(cfg: DictConfig) -> list[str]:
+    """A GPU trainer on a machine whose torch sees no CUDA device, or fewer than it asks for:
+    Lightning would stop with a bare MisconfigurationException further down."""
+    accelerator = _get(cfg, "trainer.accelerator")
+    if accelerator not in GPU_ACCELERATORS:
+        return []
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = _gpus_asked(_get(cfg, "trainer.devices"))
+    if found >= wanted:
+        return []
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+    have = f"only {found} CUDA GPU(s)" if found else "no CUDA GPU"
+    return [
+        f"trainer.accelerator={accelerator} (trainer=gpu, ddp or multinode) asks for {wanted} GPU(s), but "
+        f"this machine has {have} that torch {torch.__version__} ({build} build) can use. Train on the "
+        "CPU with trainer=cpu (or trainer=default, which picks a GPU when there is one), use "
+        "trainer=ddp_cpu for the multi-process path without GPUs, or lower trainer.devices."
+    ]
 
 
 def config_tree(

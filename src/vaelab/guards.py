@@ -130,25 +130,33 @@ def _error(
 ) -> NonFiniteLossError:
     trainer = module.trainer
     if math.isfinite(value):  # a finite loss whose gradient is not
-        what, culprit = "The gradient became non-finite", "the gradient"
+        what, culprit = "The gradient became non-finite", "the gradient is"
     else:
         what = f"The training loss became {'NaN' if math.isnan(value) else value}"
         terms = [name for name in bad if name != "gradient"]
-        culprit = f"the {' and '.join(terms)} term" if terms else "the β-weighted sum of finite terms"
+        culprit = _terms_phrase(terms)
     if skipped is not None:  # found by a deferred look, which can come a few steps later
         done = (
             "was skipped on the device, so the weights are finite"
             if skipped
             else "ran (its gradient was finite)"
         )
-        where = f"at step {step}: {culprit} is not finite. Its update {done}; "
+        where = f"at step {step}: {culprit} not finite. Its update {done}; "
         kept = f"the run stopped at step {trainer.global_step}"
     else:
-        where = f"at step {step} (epoch {trainer.current_epoch}): {culprit} is not finite. "
+        where = f"at step {step} (epoch {trainer.current_epoch}): {culprit} not finite. "
         kept = "The run stopped before this step changed the weights"
+    world = getattr(trainer, "world_size", 1)
+    rank = f"[rank {trainer.global_rank} of {world}] " if world > 1 else ""
     return NonFiniteLossError(
-        f"{what} {where}{kept}; {_last_checkpoint(trainer)} Try: {_suggestions(module.hparams)}."
+        f"{rank}{what} {where}{kept}; {_last_checkpoint(trainer)} Try: {_suggestions(module.hparams)}."
     )
+
+
+def _terms_phrase(terms: list[str]) -> str:
+    if not terms:
+        return "the β-weighted sum of finite terms is"
+    return f"the {terms[0]} term is" if len(terms) == 1 else f"the {' and '.join(terms)} terms are"
 
 
 def _last_checkpoint(trainer) -> str:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -18,6 +21,7 @@ from vaelab.checkpoints import SafeCheckpointIO
 from vaelab.config import config_tree, validate
 from vaelab.distributed import check_run_dir, launch_scope, scale_summary
 from vaelab.hparams import log_final_hparams
+from vaelab.numbers import significant
 from vaelab.resume import checkpoint_to_resume
 
 log = logging.getLogger(__name__)
@@ -34,8 +38,24 @@ def _route_lightning_logs_to_root() -> None:
             logging.getLogger(name).propagate = True
 
 
-@rank_zero_only
+def _first_process() -> bool:
+    """Rank 0 of the whole run. Lightning's ``rank_zero_only`` reads RANK/LOCAL_RANK, which a
+    node started by hand (NODE_RANK=1, Lightning launching its local ranks) does not have yet."""
+    if "RANK" in os.environ:
+        return os.environ["RANK"] == "0"
+    node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID", "0")))
+    return node == "0" and rank_zero_only.rank == 0
+
+
 def _show_config(cfg: DictConfig) -> None:
+    """The config tree, once: on the first process, and in a sweep for its first job only (the
+    others differ by their overrides, which the job's first log line names)."""
+    if not cfg.get("print_config", True) or not _first_process():
+        return
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    if hc is not None and hc.mode == RunMode.MULTIRUN and hc.job.num > 0:
+        log.info("job %d: %s (config as job 0's otherwise)", hc.job.num, " ".join(hc.overrides.task))
+        return
     print(config_tree(cfg), flush=True)
 
 
@@ -77,7 +97,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         log.info(
             "metrics: %s",
-            ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if v is not None),
+            ", ".join(f"{k}={significant(v)}" for k, v in sorted(metrics.items()) if v is not None),
         )
         log_final_hparams(trainer, cfg, metrics)
     return metrics
