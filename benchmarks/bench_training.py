@@ -11,6 +11,11 @@ each for --epochs epochs after --warmup, in its own process; then a whole --run-
 run (train + validation each epoch, logging on) classic vs vaelab, and vaelab's cache build.
 Prints seconds/epoch, images/s, peak memory and the ratios c/a, c/b; writes them as JSON.
 
+The threads section trains --thread-batches MNIST batches through vaelab's Trainer.fit with
+vaelab's default thread policy and with OMP_NUM_THREADS=1 (and torch's own default with
+--thread-variants default,one,torch), on the CPU as it is and with one core kept busy by a
+spinning process, and prints batches/s and the ratio default/one for both.
+
     python benchmarks/bench_training.py                       # CPU (make bench)
     python benchmarks/bench_training.py --device cuda --precision bf16-mixed --compile
     python benchmarks/bench_training.py --quick               # seconds-long smoke test
@@ -19,6 +24,7 @@ Prints seconds/epoch, images/s, peak memory and the ratios c/a, c/b; writes them
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +40,13 @@ import bench_data
 
 HERE = Path(__file__).resolve().parent
 PIPELINES = ("bare", "classic", "vaelab")
-SECTIONS = ("mnist", "run", "celeba")
+SECTIONS = ("mnist", "run", "celeba", "threads")
+# environment and `threads=` of each thread-policy variant (OMP_* of the calling shell dropped)
+THREAD_VARIANTS = {
+    "default": ({"OMP_WAIT_POLICY": "PASSIVE"}, "auto"),  # vaelab as src/train.py starts it
+    "one": ({"OMP_NUM_THREADS": "1"}, "auto"),  # the user's OMP_NUM_THREADS=1 wins
+    "torch": ({}, os.cpu_count()),  # torch's own default: a thread per core, spinning waits
+}
 MODELS = {  # the issue's two models
     "mnist": {"net": "mlp", "latent_dim": 20, "lr": 1e-3, "channels": [32, 64, 128, 256]},
     "celeba": {"net": "conv", "latent_dim": 128, "lr": 5e-4, "channels": [32, 64, 128, 256]},
@@ -56,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classic-workers", type=int, default=None, help="DataLoader workers of (b)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of bare, classic, vaelab")
+    p.add_argument("--thread-batches", type=int, default=300, help="MNIST batches per thread-policy process")
+    p.add_argument(
+        "--thread-variants", default="default,one", help=f"comma list of {', '.join(THREAD_VARIANTS)}"
+    )
     p.add_argument("--quick", action="store_true", help="tiny synthetic data, one epoch: a smoke test")
     p.add_argument(
         "--in-process",
@@ -77,6 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.classic_workers = 1 if cuda else 0
     if args.quick:
         args.epochs, args.warmup, args.run_epochs, args.celeba_images, args.rounds = 1, 1, 2, 32, 1
+        args.thread_batches = 12
     return args
 
 
@@ -151,6 +168,8 @@ def measure(spec: dict, task: str, work: Path, tag: str = "") -> dict:
 
         return report_done(name, pipelines.run({**spec, "task": task}))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(spec["threads"])}
+    if "env" in spec:  # the thread-policy section: exactly the variant's OpenMP settings
+        env = {k: v for k, v in env.items() if not k.startswith("OMP_")} | spec["env"]
     with open(log_path, "w") as log:
         proc = subprocess.run(
             [sys.executable, str(HERE / "pipelines.py"), str(spec_path), str(result_path)],
@@ -173,6 +192,8 @@ def report_done(name: str, result: dict) -> dict:
 def short(result: dict) -> str:
     if "epoch_seconds" in result:
         return f"{statistics.median(result['epoch_seconds']):.3f} s/epoch"
+    if "it_per_sec" in result:
+        return f"{result['it_per_sec']:.1f} it/s on {result['threads']} thread(s)"
     if "images_per_sec" in result:
         return f"{result['images_per_sec']:.0f} images/s"
     return f"{result['seconds']:.1f} s"
@@ -224,6 +245,54 @@ def ratios(results: dict, keys: dict[str, str]) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def busy_core(busy: bool):
+    """Another process spinning on one core while the block runs (``busy``), as a neighbour's job would."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        yield
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+
+
+def thread_section(args, spec: dict, work: Path) -> dict:
+    """Batches/s of each thread variant, quiet and with one core busy, ``--rounds`` processes each,
+    interleaved; the ratio of vaelab's default to OMP_NUM_THREADS=1 for both."""
+    names = [n for n in THREAD_VARIANTS if n in args.thread_variants.split(",")]
+    spec = {
+        **spec,
+        "threads": None,
+        "batches": args.thread_batches,
+        "warm_batches": min(20, args.thread_batches // 4),
+    }
+    out: dict = {}
+    for load in ("quiet", "busy"):
+        runs: dict[str, list[dict]] = {n: [] for n in names}
+        with busy_core(load == "busy"):
+            for r in range(args.rounds):
+                for n in names:
+                    env, setting = THREAD_VARIANTS[n]
+                    variant = {**spec, "env": env, "thread_setting": setting}
+                    runs[n].append(measure(variant, "threads", work, tag=f"-{load}-{n}-{r + 1}"))
+        out[load] = {n: summarize_rates(rs) for n, rs in runs.items()}
+        if {"default", "one"} <= set(names):
+            out[load]["default/one"] = out[load]["default"]["it_per_sec"] / out[load]["one"]["it_per_sec"]
+    return out
+
+
+def summarize_rates(runs: list[dict]) -> dict:
+    rates = [r["it_per_sec"] for r in runs]
+    return {
+        "it_per_sec": statistics.median(rates),
+        "range": [min(rates), max(rates)],
+        "threads": sorted({r["threads"] for r in runs}),
+        "load_average": [r["load_average"] for r in runs],
+        "runs": runs,
+    }
+
+
 def run_benchmarks(args, work: Path) -> dict:
     data = prepare_data(args, work)
     only = args.only.split(",")
@@ -238,6 +307,10 @@ def run_benchmarks(args, work: Path) -> dict:
             run = {name: measure(spec, f"run_{name}", work) for name in ("classic", "vaelab")}
             run["ratios"] = ratios(run, {"": "seconds", " cpu": "cpu_seconds"})
             sections["run"] = run
+    if "threads" in only:
+        spec = base_spec(args, work, data, "mnist")
+        report.setdefault("cache_build", {}).setdefault("mnist", measure(spec, "cache", work))
+        sections["threads"] = thread_section(args, spec, work)
     if "celeba" in only:
         spec = base_spec(args, work, data, "celeba")
         built = measure(spec, "cache", work)
@@ -269,6 +342,7 @@ def machine(args) -> dict:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "run_epochs": args.run_epochs,
+        "thread_batches": args.thread_batches,
         "quick": args.quick,
     }
     return info
@@ -293,6 +367,8 @@ def table(report: dict) -> str:
             lines += epoch_table(report, bench)
     if "run" in report["sections"]:
         lines += run_table(report["sections"]["run"], m["run_epochs"])
+    if "threads" in report["sections"]:
+        lines += thread_table(report["sections"]["threads"], m)
     for bench, r in report.get("cache_build", {}).items():
         lines.append(
             f"Cache build {bench}: {r['images']} images in {r['seconds']:.1f} s = {r['images_per_sec']:.0f} "
@@ -337,6 +413,31 @@ def run_table(run: dict, epochs: int) -> list[str]:
             f"{r['val_loss']:.2f}   peak RSS {r['peak_rss_mb']:.0f} MB"
         )
     return lines + [ratio_line(run["ratios"])]
+
+
+THREAD_LABELS = {"default": "vaelab default", "one": "OMP_NUM_THREADS=1", "torch": "torch default"}
+
+
+def thread_table(section: dict, m: dict) -> list[str]:
+    lines = [
+        "",
+        f"Thread policy: MNIST MLP batches/s through vaelab's Trainer.fit ({m['thread_batches']} batches "
+        f"per process, timed after a warm-up; median [range] over {m['rounds']} process(es); torch threads "
+        "at the end; load average after each)",
+    ]
+    for load, title in (("quiet", "CPU as found"), ("busy", "one core spun by another process")):
+        lines.append(f"  {load} ({title}):")
+        for name, r in section[load].items():
+            if name in THREAD_LABELS:
+                low, high = r["range"]
+                loads = ", ".join(f"{x:.1f}" for x in r["load_average"])
+                lines.append(
+                    f"    {THREAD_LABELS[name]:<18}{r['it_per_sec']:8.1f} it/s [{low:.1f}-{high:.1f}]   "
+                    f"threads {'/'.join(map(str, r['threads']))}   load {loads}"
+                )
+        if "default/one" in section[load]:
+            lines.append(f"    default/one = {section[load]['default/one']:.3f}")
+    return lines
 
 
 def main(argv=None) -> dict:

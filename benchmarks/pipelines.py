@@ -7,7 +7,9 @@ warm allocator or compiled kernels from another. Tasks (``spec["task"]``):
 - ``classic``: torchvision dataset + per-sample ``ToTensor`` + ``DataLoader``;
 - ``vaelab``:  vaelab's own ``Trainer.fit`` (in :mod:`vaelab_runs`);
 - ``run_classic`` / ``run_vaelab``: a whole N-epoch run (train + validation, logging on);
-- ``cache``:   vaelab's first-run decode of the sources into its uint8 cache.
+- ``cache``:   vaelab's first-run decode of the sources into its uint8 cache;
+- ``threads``: training batches per second through vaelab's ``Trainer.fit``, threads as the
+  process environment and vaelab's thread policy choose them.
 
 The model of every pipeline is vaelab's :class:`VAE`, built right after seeding with the
 same seed, so all start from the same weights (``init_checksum`` shows it) and a ratio
@@ -272,17 +274,23 @@ def cache(spec: dict, device: torch.device) -> dict:
 
 def task(name: str):
     """The function measuring ``name``; vaelab's (Lightning) module is imported only for its tasks."""
-    if name in ("vaelab", "run_vaelab"):
+    if name in ("vaelab", "run_vaelab", "threads"):
         import vaelab_runs
 
-        return {"vaelab": vaelab_runs.epochs, "run_vaelab": vaelab_runs.whole_run}[name]
+        return {
+            "vaelab": vaelab_runs.epochs,
+            "run_vaelab": vaelab_runs.whole_run,
+            "threads": vaelab_runs.batches,
+        }[name]
     return {"bare": bare, "classic": classic, "run_classic": run_classic, "cache": cache}[name]
 
 
 def run(spec: dict) -> dict:
-    """Measure ``spec["task"]`` in this process (threads set as the spec says, then restored)."""
+    """Measure ``spec["task"]`` in this process (threads set as the spec says, then restored;
+    ``threads: None`` leaves them to vaelab's thread policy)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(spec["threads"])
+    if spec["threads"] is not None:
+        torch.set_num_threads(spec["threads"])
     try:
         result = task(spec["task"])(spec, torch.device(spec["device"]))
     finally:

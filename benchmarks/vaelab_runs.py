@@ -6,6 +6,8 @@ Separate from :mod:`pipelines` so that the other pipelines' processes never impo
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -48,9 +50,9 @@ def overrides(spec: dict, out_dir: str, epochs: int) -> list[str]:
     return over
 
 
-def config(spec: dict, out_dir: str, epochs: int):
+def config(spec: dict, out_dir: str, epochs: int, extra: tuple[str, ...] = ()):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides(spec, out_dir, epochs))
+        return compose(config_name="train", overrides=overrides(spec, out_dir, epochs) + list(extra))
 
 
 class EpochTimer(L.Callback):
@@ -96,3 +98,42 @@ def whole_run(spec: dict, device: torch.device) -> dict:
     metrics = run(cfg)
     watch.stop()
     return {"seconds": watch.wall[0], "cpu_seconds": watch.cpu[0], "val_loss": metrics["val/loss"]}
+
+
+class BatchTimer(L.Callback):
+    """Wall and CPU seconds from the start of batch ``start_at`` to the end of the last batch."""
+
+    def __init__(self, start_at: int):
+        self.start_at, self.start, self.end = start_at, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.start_at:
+            self.start = (time.perf_counter(), time.process_time())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.end = (time.perf_counter(), time.process_time())
+
+
+def batches(spec: dict, device: torch.device) -> dict:
+    """The thread-policy measurement: training batches per second through ``Trainer.fit`` after
+    ``warm_batches``, with the threads this process's environment and ``threads=`` give."""
+    n, warm = spec["batches"], spec["warm_batches"]
+    extra = (
+        f"trainer.limit_train_batches={n}",
+        "trainer.limit_val_batches=0",
+        f"threads={spec['thread_setting']}",
+    )
+    cfg = config(spec, f"{spec['work_dir']}/threads-{os.getpid()}", 1, extra)
+    validate(cfg)
+    L.seed_everything(cfg.seed, verbose=False)
+    datamodule, model, trainer = build(cfg)
+    timer = BatchTimer(warm)
+    trainer.callbacks.insert(0, timer)
+    trainer.fit(model, datamodule=datamodule)
+    wall, cpu = (timer.end[i] - timer.start[i] for i in (0, 1))
+    return {
+        "it_per_sec": (n - warm) / wall,
+        "cpu_per_wall": cpu / wall,
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+    }

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 
 def read_events(log_dir: Path) -> tuple[dict[str, list[float]], dict[str, list]]:
@@ -28,3 +29,25 @@ def scalar_steps(log_dir: Path, tag: str) -> list[int]:
         if tag in acc.Tags()["scalars"]:
             steps += [e.step for e in acc.Scalars(tag)]
     return sorted(steps)
+
+
+def read_hparams(tb_dir: Path) -> tuple[list[tuple[str, bool]], dict, list[str]]:
+    """([(name, differs)] in the experiment's order, the session's values, its metric tags)."""
+    infos, values, metrics = [], {}, []
+    for f in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        try:
+            contents = acc.PluginTagToContent("hparams")
+        except KeyError:  # the curves' event files: no HPARAMS data
+            continue
+        for tag, content in contents.items():
+            data = plugin_data_pb2.HParamsPluginData.FromString(content)
+            if tag == "_hparams_/experiment":
+                infos = [(i.name, i.differs) for i in data.experiment.hparam_infos]
+                metrics = [m.name.tag for m in data.experiment.metric_infos]
+            if tag == "_hparams_/session_start_info":
+                values = {
+                    k: v.number_value or v.string_value for k, v in data.session_start_info.hparams.items()
+                }
+    return infos, values, metrics

@@ -14,7 +14,7 @@ def test_multirun_over_latent_dim_makes_one_run_dir_per_job(tmp_path, mnist_root
     assert len(jobs) == 2
     dims = sorted(torch.load(j, weights_only=False)["hyper_parameters"]["latent_dim"] for j in jobs)
     assert dims == [2, 4]
-    assert {j.parent.parent.name for j in jobs} == {"0", "1"}
+    assert {j.parent.parent.name for j in jobs} == {"0_latent_dim-2", "1_latent_dim-4"}
 
 
 def test_ddp_cpu_two_processes_share_one_run_dir(tmp_path, mnist_root):
@@ -47,6 +47,7 @@ def test_missing_data_dir_says_where_to_put_the_data(tmp_path, dataset):
     assert "vaelab error:" in proc.stderr and "/nonexistent" in proc.stderr
     assert "paths.data_dir" in proc.stderr
     assert not __import__("os").path.exists("/nonexistent")  # a failed download leaves nothing behind
+    assert list(tmp_path.iterdir()) == []  # nor a run folder (tmp_path is the log dir)
 
 
 def test_invalid_value_is_named_with_what_is_valid(tmp_path):
@@ -54,3 +55,4 @@ def test_invalid_value_is_named_with_what_is_valid(tmp_path):
     assert proc.returncode == 2
     assert "latent_dim=-3 is invalid: it must be a whole number > 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # a command that failed before training leaves no run folder

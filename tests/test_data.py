@@ -3,6 +3,7 @@
 import gzip
 import os
 import stat
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -93,11 +94,12 @@ def test_cache_key_changes_with_preprocessing(tmp_path):
 
 def test_corrupt_cache_is_rebuilt(tmp_path):
     root = write_mnist(tmp_path / "d", n_train=60, n_test=10)
-    good = _mnist(root, tmp_path).load_splits()
+    good = _mnist(root, tmp_path).load_splits()["test"]["images"].clone()  # not the file's pages
     (cache,) = (tmp_path / "cache").glob("mnist-*.pt")
+    cache.unlink()  # a new file: truncating the mapped one in place would fault its readers
     cache.write_bytes(b"garbage")
     again = _mnist(root, tmp_path).load_splits()
-    assert torch.equal(good["test"]["images"], again["test"]["images"])
+    assert torch.equal(good, again["test"]["images"])
     assert cache.stat().st_size > 1000
 
 
@@ -118,13 +120,62 @@ def test_a_cached_split_is_mapped_from_its_file_not_copied_into_each_process(tmp
         lambda: {"train/images": torch.randint(0, 255, (64, 2**20), generator=noise, dtype=torch.uint8)},
     )  # 64 MB
     before = _rss_mb()
-    loaded = load_or_build(tmp_path, "big", "k", lambda: pytest.fail("rebuilt"), ["train/images"])
+    loaded, _ = load_or_build(tmp_path, "big", "k", lambda: pytest.fail("rebuilt"), ["train/images"])
     mapped = _rss_mb()
     checksum = int(loaded["train/images"].sum(dtype=torch.int64))  # touches every page
     assert mapped - before < 16 and _rss_mb() - before > 48 and checksum > 0
     loaded["train/images"][0] = 0  # copy-on-write: the file keeps its bytes
-    again = load_or_build(tmp_path, "big", "k", lambda: pytest.fail("rebuilt"), ["train/images"])
+    again, _ = load_or_build(tmp_path, "big", "k", lambda: pytest.fail("rebuilt"), ["train/images"])
     assert int(again["train/images"].sum(dtype=torch.int64)) == checksum
+
+
+def _mapped_files() -> str:
+    with open("/proc/self/maps") as f:
+        return f.read()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc")
+def test_the_builder_maps_the_file_it_wrote_instead_of_keeping_its_own_copy(tmp_path, caplog):
+    """DDP's rank 0 builds the cache; were it to train from the tensors it decoded while the
+    other ranks map the file, the node would hold two copies (6.6 GB at CelebA's full size)."""
+    built = {"train/images": torch.arange(3 * 4096).remainder(251).to(torch.uint8).view(1, 3, 64, 64)}
+    caplog.set_level("INFO", logger="vaelab.data.cache")
+    tensors, path = load_or_build(tmp_path, "big", "k", lambda: {k: v.clone() for k, v in built.items()})
+    assert path == tmp_path / "big-k.pt" and str(path) in _mapped_files()
+    assert torch.equal(tensors["train/images"], built["train/images"])
+    assert f"cached big: 1 images, 0 MB at {path}, in " in caplog.text  # one 12 KB tensor
+
+
+def test_an_unwritable_cache_serves_the_decoded_tensors_and_says_so(tmp_path, caplog, monkeypatch):
+    import vaelab.data.cache as cache
+
+    def refuse(obj, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache, "atomic_torch_save", refuse)
+    tensors, path = load_or_build(tmp_path, "x", "k", lambda: {"train/images": torch.ones(2, 3)})
+    assert path is None and tensors["train/images"].sum() == 6
+    assert "cannot write the data cache" in caplog.text and "No space left on device" in caplog.text
+
+
+def test_placement_says_mapped_and_shared_once(tmp_path, caplog):
+    root = write_mnist(tmp_path / "d", n_train=60, n_test=10)
+    caplog.set_level("INFO", logger="vaelab.data.base")
+    dm = _mnist(root, tmp_path, binarize=True)
+    dm.setup()
+    lines = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records}
+    assert len(caplog.records) == 4, caplog.text  # where it looks, then one line per split
+    assert "mapped from the cache mnist-" in lines["mnist train"]
+    assert lines["mnist train"].endswith("one copy, shared between processes")
+    assert lines["mnist test"].endswith("MB in cpu memory")  # binarised: its own tensor
+    caplog.clear()
+    other_rank = SimpleNamespace(
+        is_global_zero=False, world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
+    rank1 = _mnist(root, tmp_path)
+    rank1.trainer = other_rank
+    rank1.setup("fit")
+    assert len(rank1.splits["train"]["images"]) == 40 and not caplog.records  # rank 0 said it
 
 
 def test_missing_mnist_says_where_to_put_files(tmp_path):
@@ -251,3 +302,29 @@ def test_celeba_cache_notices_an_image_replaced_under_the_same_name(tmp_path):
     second = _celeba(root, tmp_path).load_splits()
     assert len(list((tmp_path / "cache").glob("celeba-*.pt"))) == 2
     assert not torch.equal(first["train"]["images"][0], second["train"]["images"][0])
+
+
+def test_celeba_build_logs_its_work_and_draws_no_bar_without_a_terminal(
+    tmp_path, caplog, capsys, monkeypatch
+):
+    """A log file gets a line per tenth of the work, not tqdm's carriage returns (at CelebA's
+    full size, one 28 KB line), and says what was cached, how fast, how big and where."""
+    import vaelab.data.celeba as celeba
+
+    monkeypatch.setattr(celeba, "DECODE_CHUNK", 4)
+    root = write_celeba(tmp_path / "d", n=40)
+    caplog.set_level("INFO")
+    dm = CelebADataModule(str(root), str(tmp_path / "cache"), decode_workers=2)
+    dm.prepare_data()
+    text = caplog.text
+    assert (
+        f"decoding 40 CelebA images from {root / 'celeba' / 'img_align_celeba'} to 64x64 with 2 process"
+        in text
+    )
+    tenths = [r.getMessage() for r in caplog.records if "elapsed, about" in r.getMessage()]
+    assert [t.split(" (")[1].split(")")[0] for t in tenths] == [f"{p}%" for p in range(10, 100, 10)]
+    assert "caching CelebA 64x64: 40 images in " in text and "images/s" in text
+    (cache,) = (tmp_path / "cache").glob("celeba-*.pt")
+    assert f"cached celeba: 40 images, {cache.stat().st_size / 1e6:.0f} MB at {cache}, in " in text
+    assert str(cache) in _mapped_files()
+    assert "\r" not in capsys.readouterr().err

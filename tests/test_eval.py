@@ -1,6 +1,7 @@
 """src/eval.py on tiny checkpoints: numbers, table, figures, TensorBoard, config merging, errors."""
 
 import json
+import logging
 import math
 import os
 import re
@@ -48,8 +49,9 @@ def _size(path):
         return im.size, im.mode
 
 
-def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path):
-    m = _evaluate(mnist_run, tmp_path / "a", ["eval.k=20", "eval.batch_size=50"])
+def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="vaelab.progress")  # no terminal here: log lines
+    m = _evaluate(mnist_run, tmp_path / "a", ["eval.k=20", "eval.batch_size=50", "eval.export_samples=7"])
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert saved == {**m, "seconds": saved["seconds"]}
     assert (m["n_examples"], m["k"], m["latent_dim"], m["global_step"]) == (120, 20, 2, 2)
@@ -67,7 +69,43 @@ def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path):
     assert _size(figures / "traversals.png")[0] == (9 * 30 + 2, 2 * 30 + 2)  # both dims, 9 steps
     scalars, images = read_events(mnist_run / "tensorboard")
     assert {"eval/result", "eval/manifold", "eval/traversals"} <= set(images)
-    assert scalars["eval/nll_iwae"][-1] == pytest.approx(m["nll_iwae"], rel=1e-6)
+    assert not [t for t in scalars if t.startswith("eval/")]  # a text panel, not one-point charts
+    # sample quality: every set scored with every number, real held-out images as the floor
+    sets, names = ("samples", "reconstructions", "real"), ("fd", "precision", "recall", "confident")
+    assert all(f"quality/{s}/{n}" in m for s in sets for n in (*names, "class_entropy"))
+    assert m["quality_n"] == 40 and 0 < m["judge_accuracy"] <= 1  # capped by the 40 val images
+    assert m["quality/real/fd"] < m["quality/samples/fd"]
+    assert "sample quality, n = 40 per set" in table and "reconstructions" in table
+    exported = sorted((tmp_path / "a" / "samples").glob("*.png"))
+    assert [p.name for p in exported] == [f"{i:06d}.png" for i in range(7)]
+    assert _size(exported[0]) == ((28, 28), "RGB")
+    progress = [
+        re.sub(
+            r"\d+(\.\d+)? (s|figures/s|images/s|sets/s)\b",
+            "T",
+            r.getMessage().replace(str(tmp_path / "a" / "samples"), "X"),
+        )
+        for r in caplog.records
+        if r.name == "vaelab.progress"
+    ]
+    scoring = "log p(x), importance sampling with k=20: "
+    assert progress == [
+        f"{scoring}120 images ...",
+        f"{scoring}50/120 images (42%), T elapsed, about T left",
+        f"{scoring}100/120 images (83%), T elapsed, about T left",
+        f"{scoring}120 images in T, T",
+        "sample quality: 40 images per set, mnist judge: 3 sets ...",
+        *[
+            f"sample quality: 40 images per set, mnist judge: {i}/3 sets ({round(100 * i / 3)}%), T elapsed, about T left"
+            for i in (1, 2)
+        ],
+        "sample quality: 40 images per set, mnist judge: 3 sets in T, T",
+        "figures: 5 figures ...",
+        *[f"figures: {i}/5 figures ({20 * i}%), T elapsed, about T left" for i in range(1, 5)],
+        "figures: 5 figures in T, T",
+        "exporting samples to X: 7 images ...",
+        "exporting samples to X: 7 images in T, T",
+    ]
 
 
 def test_the_run_supplies_the_data_overrides_win_and_the_seed_fixes_everything(mnist_run, tmp_path):
@@ -139,7 +177,9 @@ def test_cli_writes_its_log_and_metrics_next_to_the_run(mnist_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "IWAE NLL, k = 3" in proc.stdout and "bits/dim" in proc.stdout
     assert json.loads((mnist_run / "eval" / "metrics.json").read_text())["k"] == 3
-    assert (mnist_run / "eval" / "eval.log").is_file()
+    log = (mnist_run / "eval" / "eval.log").read_text()
+    assert "log p(x), importance sampling with k=3: 100/120 images (83%), " in log
+    assert "\r" not in proc.stderr and "figures: 5 figures in " in log  # stderr is no terminal: no bar
 
 
 @pytest.mark.parametrize(
@@ -157,3 +197,19 @@ def test_bad_eval_values_are_named_by_the_one_validation_module(mnist_run, tmp_p
     with pytest.raises(UserError, match=re.escape(message)):
         _evaluate(mnist_run, tmp_path / "bad", [override])
     assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_fid_shows_its_progress_through_inception(mnist_run, tmp_path, monkeypatch, caplog):
+    from test_metrics import _Features  # Inception's stand-in: no weights needed
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=_Features(), normalize=True, reset_real_features=False)
+    monkeypatch.setattr(evaluate_module, "inception_fid", lambda path: (metric, ""))
+    caplog.set_level(logging.INFO, logger="vaelab.progress")
+    m = _evaluate(mnist_run, tmp_path / "fid", ["eval.k=2", "eval.batch_size=50", "fid.n_samples=100"])
+    assert m["fid"] > 0 and m["fid_note"].startswith(f"{m['fid']:.2f} (samples)")
+    progress = [r.getMessage() for r in caplog.records if r.name == "vaelab.progress"]
+    lines = [line for line in progress if line.startswith("FID")]
+    assert lines[0] == "FID: images through Inception: 300 images ..."  # 100 real + 100 recons + 100 samples
+    assert lines[1].startswith("FID: images through Inception: 100/300 images (33%), ")
+    assert lines[-1].startswith("FID: images through Inception: 300 images in ")

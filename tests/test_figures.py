@@ -10,6 +10,7 @@ from vaelab.figures import (
     GAP,
     FigureSettings,
     evaluation_figures,
+    figure_makers,
     latent_scatter,
     manifold_grid,
     publish,
@@ -95,6 +96,15 @@ def test_evaluation_figures_add_the_manifold_only_for_a_2d_latent():
         )
         assert set(figs) == expected
         assert figs["traversals"].shape[1] == 2 * TILE + 2  # the two most active dims
+
+
+def test_figure_makers_draw_one_figure_per_call_the_same_as_evaluation_figures():
+    x, mu, labels = torch.rand(16, 1, 28, 28), torch.randn(40, 2), torch.arange(40) % 10
+    makers = figure_makers(_vae(), x, mu, mu.var(0), labels, FigureSettings())
+    assert list(makers) == ["result", "interpolations", "traversals", "latent_scatter", "manifold"]
+    drawn = evaluation_figures(_vae(), x, mu, mu.var(0), labels, FigureSettings())
+    for name, make in makers.items():  # seeded draws: each figure alone equals the batch's
+        assert torch.equal(make(), drawn[name]), name
 
 
 def test_training_writes_the_result_picture_after_the_test(tmp_path, mnist_root, compose_train):

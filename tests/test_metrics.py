@@ -107,7 +107,9 @@ def test_elbo_terms_and_iwae_on_a_small_vae():
     vae = VAE((1, 4, 4), latent_dim=2, hidden_dims=(8,)).eval()
     images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
     data = DataModel.for_likelihood("gaussian", images)
-    m, mu = likelihood_metrics(vae, images, data, k=50, batch_size=4, max_decodes=30)
+    done = []
+    m, mu = likelihood_metrics(vae, images, data, k=50, batch_size=4, max_decodes=30, progress=done.append)
+    assert done == [4, 4, 2]  # progress counts images, batch by batch
     assert mu.shape == (10, 2) and m["n_examples"] == 10 and m["latent_dim"] == 2
     assert m["neg_elbo"] == pytest.approx(m["kl"] - m["recon"])
     assert m["nll_iwae"] <= m["neg_elbo"]
@@ -194,6 +196,10 @@ class _Features(nn.Module):
 def test_fid_scores_compare_reconstructions_and_samples_with_the_test_images():
     images = (torch.rand(60, 1, 8, 8, generator=torch.Generator().manual_seed(0)) ** 3 * 255).to(torch.uint8)
     metric = FrechetInceptionDistance(feature=_Features(), normalize=True, reset_real_features=False)
-    scores = fid_scores(_PerfectAutoencoder(), images, n=50, batch_size=16, metric=metric)
+    done = []
+    scores = fid_scores(
+        _PerfectAutoencoder(), images, n=50, batch_size=16, metric=metric, progress=done.append
+    )
+    assert done == [32, 32, 32, 4, 16, 16, 16, 2]  # test images + reconstructions, then samples: 3n
     assert scores["fid_reconstructions"] == pytest.approx(0.0, abs=1e-3)  # identical images
     assert scores["fid"] > 0.01  # uniform noise is not the test distribution

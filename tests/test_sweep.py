@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import cli_overrides, compose_config, run_train_cli
+from events import read_events, read_hparams
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
 
 from vaelab import sweep_summary
 
@@ -28,27 +27,6 @@ def has_plugin(name: str) -> bool:
         return False
 
 
-def _hparams(tb_dir: Path) -> tuple[dict, list[str]]:
-    """(hyper-parameters of the run, metric tags of its HPARAMS view) from its event files."""
-    params, metrics = {}, []
-    for f in tb_dir.glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(f))
-        acc.Reload()
-        try:
-            contents = acc.PluginTagToContent("hparams")
-        except KeyError:  # the curves' event files: no HPARAMS data
-            continue
-        for tag, content in contents.items():
-            data = plugin_data_pb2.HParamsPluginData.FromString(content)
-            if tag.endswith("session_start_info"):
-                params = {
-                    k: v.number_value or v.string_value for k, v in data.session_start_info.hparams.items()
-                }
-            if tag.endswith("experiment"):
-                metrics = [m.name.tag for m in data.experiment.metric_infos]
-    return params, metrics
-
-
 def test_two_by_two_multirun_ends_with_summary_table_plot_and_hparams(tmp_path, mnist_root):
     args = ["-m", "latent_dim=2,3", "model=mlp,conv", "model.channels=[4,4]"]
     proc = run_train_cli(args + cli_overrides(tmp_path, mnist_root))
@@ -56,11 +34,12 @@ def test_two_by_two_multirun_ends_with_summary_table_plot_and_hparams(tmp_path, 
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
+    # job folders (and so TensorBoard's run names) carry the swept overrides only
     assert [(r["job"], r["latent_dim"], r["model"]) for r in rows] == [
-        ("0", "2", "mlp"),
-        ("1", "2", "conv"),
-        ("2", "3", "mlp"),
-        ("3", "3", "conv"),
+        ("0_latent_dim-2+model-mlp", "2", "mlp"),
+        ("1_latent_dim-2+model-conv", "2", "conv"),
+        ("2_latent_dim-3+model-mlp", "3", "mlp"),
+        ("3_latent_dim-3+model-conv", "3", "conv"),
     ]
     for row in rows:  # the table's numbers are each job's own metrics.json
         metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
@@ -72,9 +51,12 @@ def test_two_by_two_multirun_ends_with_summary_table_plot_and_hparams(tmp_path, 
     assert "| job | latent_dim | model | val/elbo |" in proc.stdout  # printed at the end of the run
     assert "4 jobs; written to" in proc.stdout
     assert Image.open(sweep / "summary.png").size[0] > 300  # val/elbo vs latent_dim, a line per model
-    params, metric_tags = _hparams(sweep / "1" / "tensorboard")
-    assert params["latent_dim"] == 2 and params["model/net"] == "conv"
-    assert {"final/val/loss", "final/val/elbo", "final/test/loss"} <= set(metric_tags)
+    infos, params, metric_tags = read_hparams(sweep / rows[1]["job"] / "tensorboard")
+    assert infos[:3] == [("latent_dim", True), ("model", True), ("likelihood", False)]  # swept first
+    assert params["latent_dim"] == 2 and params["model"] == "conv" and params["max_epochs"] == 1
+    assert metric_tags[:2] == ["val/elbo", "test/elbo"] and "test/loss" in metric_tags
+    scalars, _ = read_events(sweep / rows[1]["job"] / "tensorboard")
+    assert not [tag for tag in scalars if tag.startswith("final/")]  # no single-dot charts
 
 
 def _job(sweep: Path, name: str, overrides: list[str], metrics: dict | None = None) -> Path:
@@ -90,15 +72,17 @@ def test_summary_keeps_failed_jobs_and_adds_eval_metrics(tmp_path):
     common = "paths.data_dir=/data"
     _job(tmp_path, "0", ["latent_dim=2", "model.lr=1e-3", common], {"val/elbo": -100.0, "train/loss": 1.0})
     _job(tmp_path, "1", ["latent_dim=16", "model.lr=1e-3", common])  # failed: no metrics.json
-    done = _job(tmp_path, "2", ["latent_dim=64", "model.lr=1e-2", common], {"val/elbo": -90.0})
+    done = _job(tmp_path, "10_latent_dim-64", ["latent_dim=64", "model.lr=1e-2", common], {"val/elbo": -90.0})
     (done / "eval").mkdir()  # where src/eval.py writes for a checkpoint of this job
-    (done / "eval" / "metrics.json").write_text(json.dumps({"nll_iwae": 88.5, "k": 100}))
-    (tmp_path / "10").mkdir()  # not a job: no .hydra/overrides.yaml
+    text_and_settings = {"bits_per_dim_formula": "NLL/(D ln 2) + 8", "seconds": 29.2, "global_step": 430}
+    text_and_settings |= {"quality_n": 100, "quality/real/fd": 1.0, "quality/reconstructions/fd": 3.0}
+    (done / "eval" / "metrics.json").write_text(json.dumps({"nll_iwae": 88.5, "k": 100, **text_and_settings}))
+    (tmp_path / "11").mkdir()  # not a job: no .hydra/overrides.yaml
     text = sweep_summary.summarize(tmp_path)
     header, rows = sweep_summary.table(sweep_summary.read_jobs(tmp_path))
     assert header == ["job", "latent_dim", "model.lr", "val/elbo", "eval/k", "eval/nll_iwae"]
     assert rows[1] == ["1", "16", "1e-3", None, None, None]
-    assert rows[2][-1] == 88.5
+    assert rows[2][0] == "10_latent_dim-64" and rows[2][-1] == 88.5  # job 10 after job 1
     assert "| 1 | 16 | 1e-3 | — | — | — |" in text  # a failed job keeps its row
     with open(tmp_path / "summary.csv") as f:
         assert list(csv.reader(f))[2] == ["1", "16", "1e-3", "", "", ""]

@@ -1,12 +1,26 @@
-"""Training callbacks: image grids in TensorBoard as training goes."""
+"""Training callbacks: image grids and sample-quality numbers in TensorBoard as training goes."""
 
 from __future__ import annotations
+
+import logging
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from vaelab.errors import UserError
 from vaelab.grids import interpolation_grid, reconstruction_grid, sample_grid
+from vaelab.judges import Judge, load_or_train_judge
+from vaelab.sample_quality import image_set_scores
+
+log = logging.getLogger(__name__)
+
+
+def due(trainer, every_n_epochs: int) -> bool:
+    """Whether this validation epoch is one of every ``every_n_epochs`` (or the run's last)."""
+    epoch = trainer.current_epoch + 1
+    last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch  # -1: no last epoch
+    return epoch % every_n_epochs == 0 or last
 
 
 class ImageGrids(L.Callback):
@@ -36,15 +50,10 @@ class ImageGrids(L.Callback):
             need = max(self.n_reconstructions, 2 * self.n_interpolations)
             self._val_images = batch[0][:need].detach()
 
-    def _due(self, trainer) -> bool:
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch  # -1: no last epoch
-        return epoch % self.every_n_epochs == 0 or last
-
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self._val_images is None:
             return
-        if not self._due(trainer):
+        if not due(trainer, self.every_n_epochs):
             return
         vae = pl_module.vae
         g = torch.Generator().manual_seed(self.seed)
@@ -60,3 +69,43 @@ class ImageGrids(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 for tag, grid in grids.items():
                     logger.experiment.add_image(tag, grid, global_step=trainer.global_step)
+
+
+class SampleQuality(L.Callback):
+    """Every ``every_n_epochs`` validation epochs (and the last), on global rank 0: the judge's
+    numbers (:mod:`vaelab.sample_quality`) for ``n`` prior samples against ``n`` validation
+    images, logged as ``quality/…`` scalars, so a curve shows whether samples get better.
+
+    The dataset's judge is trained at the start of the first fit that needs it (about a minute
+    for MNIST on a CPU) and cached in ``paths.cache_dir``; the test split is never looked at.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, n: int = 1000, seed: int = 0, judge_epochs: int = 4):
+        self.every_n_epochs, self.n, self.seed, self.judge_epochs = every_n_epochs, n, seed, judge_epochs
+        self.judge: Judge | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self.judge is not None:
+            return
+        try:
+            self.judge, accuracy = load_or_train_judge(trainer.datamodule, self.seed, self.judge_epochs)
+        except UserError as err:  # no labels: train without the numbers rather than not at all
+            log.warning("no sample-quality numbers in this run: %s", err)
+            return
+        name = trainer.datamodule.name
+        log.info("sample quality: judged by the %s judge (test accuracy %.4f)", name, accuracy)
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.judge is None or not due(trainer, self.every_n_epochs):
+            return
+        vae = pl_module.vae
+        val = trainer.datamodule.splits["val"]["images"][: self.n]
+        real = val.to(pl_module.device).float() / 255
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            samples = vae.sample(len(real))
+        scores = image_set_scores(self.judge.to(pl_module.device), real, samples)
+        metrics = {f"quality/samples/{k}": v for k, v in scores.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)

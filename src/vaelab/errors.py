@@ -43,11 +43,34 @@ def _report_and_exit(err: Exception, message: str) -> None:
 
 
 # -- Hydra's own errors ------------------------------------------------------------------
+# optional Hydra plugins: the config each one provides -> (what needs it, package, pyproject extra)
+PLUGINS = {
+    "hydra/sweeper/optuna": ("+hparams_search=optuna", "hydra-optuna-sweeper", "optuna"),
+    "hydra/launcher/submitit_slurm": ("hydra/launcher=slurm", "hydra-submitit-launcher", "slurm"),
+    "hydra/launcher/submitit_local": ("hydra/launcher=submitit_local", "hydra-submitit-launcher", "slurm"),
+}
+
+
+def missing_plugin(err: Exception) -> str | None:
+    """The install hint when ``err`` is Hydra not finding the config of an optional plugin."""
+    for config, (used_by, package, extra) in PLUGINS.items():
+        if f"'{config}'" in str(err):
+            return (
+                f"{used_by} needs the Hydra plugin {package}, which is not installed. Install it into "
+                f'the project\'s environment with pip install -e ".[{extra}]" (from the repository '
+                "root), then run the command again."
+            )
+    return None
+
+
 def describe_hydra_error(err: Exception) -> str:
     """One paragraph for a Hydra composition error: the bad override and what is valid."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
     first_line = str(err).strip().splitlines()[0]
+    plugin = missing_plugin(err)
+    if plugin:
+        return plugin
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, option = err.missing_cfg_file.rsplit("/", 1)
         valid = ", ".join(err.options) if err.options else "the files in conf/" + group

@@ -20,14 +20,20 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import save_image
 
 from vaelab import checkpoints
 from vaelab.config import config_tree, validate
 from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
-from vaelab.figures import FigureSettings, evaluation_figures, publish
+from vaelab.figures import FigureSettings, figure_makers, publish
+from vaelab.judges import load_or_train_judge
 from vaelab.metrics import DataModel, active_units, fid_scores, inception_fid, likelihood_metrics
 from vaelab.module import VAEModule
+from vaelab.numbers import significant
+from vaelab.progress import Progress
+from vaelab.rundir import records
+from vaelab.sample_quality import sample_quality
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +93,9 @@ def _overridden_keys(overrides: Sequence[str]) -> list[str]:
 def eval_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """The run's saved config + this command's eval sections + its explicit overrides."""
     keys = _overridden_keys(overrides)
-    saved = Path(run_dir_of(cfg.ckpt_path)) / ".hydra" / "config.yaml"
+    run = Path(run_dir_of(cfg.ckpt_path))
+    newest = records(run)  # a resume may have changed the data folder: its record is the newest
+    saved = newest[-1] / "config.yaml" if newest else run / ".hydra" / "config.yaml"
     if not saved.is_file():
         log.warning("no saved run config at %s: using this command's dataset and paths", saved)
         return cfg
@@ -142,12 +150,66 @@ def _fid(vae, images, fid_cfg: DictConfig, batch_size: int) -> dict:
     scores = {"fid": None, "fid_reconstructions": None}
     if metric is not None:
         try:
-            scores = fid_scores(vae, images, fid_cfg.n_samples, batch_size, metric)
+            n = min(fid_cfg.n_samples, len(images))
+            with Progress(3 * n, "FID: images through Inception", "images") as bar:
+                scores = fid_scores(vae, images, n, batch_size, metric, bar.update)
             note = f"{scores['fid']:.2f} (samples), {scores['fid_reconstructions']:.2f} (reconstructions)"
         except Exception as err:  # optional extra: report, never fail
             note = f"failed: {err}"
     log.info("FID: %s", note)
     return {**scores, "fid_note": note}
+
+
+def _quality(cfg: DictConfig, vae, datamodule, split: str) -> dict:
+    """Sample-quality numbers (:mod:`vaelab.sample_quality`) against the evaluated split, with
+    the val split (the test split when val is evaluated) as the real held-out floor."""
+    ev = cfg.eval
+    if not ev.quality:
+        return {}
+    try:
+        judge, accuracy = load_or_train_judge(datamodule, ev.judge_seed, ev.judge_epochs)
+    except UserError as err:
+        log.warning("no sample-quality numbers: %s", err)
+        return {}
+    splits = datamodule.splits or datamodule.load_splits()
+    other = "test" if split == "val" else "val"
+    test, held_out = splits[split]["images"], splits[other]["images"]
+    n = min(ev.quality_n, len(test), len(held_out))
+    torch.manual_seed(ev.seed)
+    with Progress(3, f"sample quality: {n} images per set, {datamodule.name} judge", "sets") as bar:
+        scores = sample_quality(
+            vae, judge, test, held_out, n, cfg.figures.sample_temperature, lambda _: bar.update()
+        )
+    return {**scores, "quality_n": n, "judge_accuracy": round(accuracy, 4)}
+
+
+def _export_samples(cfg: DictConfig, vae) -> None:
+    """``eval.export_samples`` prior samples as PNG files in <eval dir>/samples/."""
+    n = cfg.eval.export_samples
+    if not n:
+        return
+    out = Path(cfg.paths.output_dir) / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.eval.seed)
+    with Progress(n, f"exporting samples to {out}", "images") as bar:
+        for start in range(0, n, 500):
+            images = vae.sample(min(500, n - start), temperature=cfg.figures.sample_temperature)
+            for i, image in enumerate(images, start):
+                save_image(image, out / f"{i:06d}.png")
+            bar.update(len(images))
+
+
+def _quality_rows(m: dict) -> list[str]:
+    if "quality/samples/fd" not in m:
+        return ["  sample quality         off (eval.quality=false, or no labels to train a judge on)"]
+    names = [k.split("/")[-1] for k in m if k.startswith("quality/samples/")]
+    head = "".join(f"{name:>15}" for name in names)
+    rows = [f"  sample quality, n = {m['quality_n']} per set, judge accuracy {m['judge_accuracy']}:"]
+    rows.append(f"    {'':<17}{head}")
+    for kind in ("samples", "reconstructions", "real"):
+        cells = "".join(f"{significant(m[f'quality/{kind}/{name}']):>15}" for name in names)
+        rows.append(f"    {kind:<17}{cells}")
+    return rows
 
 
 def format_table(m: dict) -> str:
@@ -166,7 +228,8 @@ def format_table(m: dict) -> str:
         f"{num(m['bits_per_dim_elbo'], '{:.4f}')}; formula: {m['bits_per_dim_formula']})",
         f"  active units           {m['active_units']:>10} of {m['latent_dim']}  (Cov_x E_q[z_j] > "
         f"{m['active_threshold']})",
-        f"  FID                    {m['fid_note']}",
+        *_quality_rows(m),
+        f"  FID (Inception)        {m['fid_note']}",
         f"  figures                {m['figures_dir']}",
         f"  wall time              {m['seconds']:>10.1f} s",
     ]
@@ -179,9 +242,10 @@ def _numbers(cfg: DictConfig, vae, images, likelihood: str) -> tuple[dict, objec
     data = DataModel.for_likelihood(likelihood, images)
     torch.manual_seed(ev.seed)
     gen = torch.Generator().manual_seed(ev.seed)
-    metrics, mu = likelihood_metrics(
-        vae, images, data, ev.k, ev.batch_size, ev.max_decodes, ev.active_threshold, gen
-    )
+    with Progress(len(images), f"log p(x), importance sampling with k={ev.k}", "images") as bar:
+        metrics, mu = likelihood_metrics(
+            vae, images, data, ev.k, ev.batch_size, ev.max_decodes, ev.active_threshold, gen, bar.update
+        )
     metrics.update(
         _fid(vae, images, cfg.fid, ev.batch_size),
         active_threshold=ev.active_threshold,
@@ -196,16 +260,21 @@ def _pictures(cfg: DictConfig, vae, split: dict, mu, label_names) -> dict:
     n_shown = max(settings.n_images, 2 * settings.interpolation_pairs)
     x = to_unit_float(split["images"][:n_shown]).to(next(vae.parameters()).device)
     _, activity = active_units(mu, cfg.eval.active_threshold)
-    return evaluation_figures(vae, x, mu, activity, split.get("labels"), settings, label_names)
+    makers = figure_makers(vae, x, mu, activity, split.get("labels"), settings, label_names)
+    figures = {}
+    with Progress(len(makers), "figures", "figures") as bar:
+        for name, make in makers.items():
+            figures[name] = make()
+            bar.update()
+    return figures
 
 
 def _publish(cfg: DictConfig, figures: dict, metrics: dict, step: int) -> None:
-    """PNGs into figures.dir; images and numeric metrics into the run's TensorBoard, as eval/*."""
+    """PNGs into figures.dir; images and the metrics table into the run's TensorBoard, as eval/*."""
     with SummaryWriter(str(Path(cfg.run_dir) / "tensorboard")) as writer:
         publish(figures, Path(cfg.figures.dir), writer, step, prefix="eval")
-        for key, value in metrics.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                writer.add_scalar(f"eval/{key}", value, step)
+        # one text panel, not a dozen one-point scalar charts above the training curves
+        writer.add_text("eval/metrics", "    " + format_table(metrics).replace("\n", "\n    "), step)
 
 
 def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
@@ -222,7 +291,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     vae = model_from_checkpoint(ckpt).to(_device(cfg.eval.device))
     datamodule, split = _load_split(cfg, hp["image_shape"])
     metrics, mu = _numbers(cfg, vae, split["images"], hp["likelihood"])
+    metrics.update(_quality(cfg, vae, datamodule, cfg.eval.split))
     figures = _pictures(cfg, vae, split, mu, _label_names(datamodule))
+    _export_samples(cfg, vae)
     step = int(ckpt.get("global_step", 0))
     metrics.update(
         split=cfg.eval.split,
@@ -230,8 +301,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
         global_step=step,
         figures_dir=str(cfg.figures.dir),
     )
-    _publish(cfg, figures, metrics, step)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
+    _publish(cfg, figures, metrics, step)
     return _write(metrics, Path(cfg.paths.output_dir))
 
 

@@ -10,6 +10,7 @@ so the same checkpoint and settings give the same pictures.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def latent_scatter(
     return _render(fig)
 
 
-def evaluation_figures(
+def figure_makers(
     vae,
     x: Tensor,
     mu: Tensor,
@@ -143,23 +144,33 @@ def evaluation_figures(
     labels: Tensor | None,
     settings: FigureSettings,
     label_names: list[str] | None = None,
-) -> dict[str, Tensor]:
-    """All figures of an evaluation, by file name. ``x``: test images in [0, 1] (first ones
-    used), ``mu``: their posterior means (N, D), ``activity``: Cov_x E_q[z] per dim."""
+) -> dict[str, Callable[[], Tensor]]:
+    """Each figure of an evaluation by file name, as a function that draws it, so a caller can
+    show progress between figures. ``x``: test images in [0, 1] (first ones used), ``mu``:
+    their posterior means (N, D), ``activity``: Cov_x E_q[z] per dim."""
     s = settings
     pairs = min(s.interpolation_pairs, len(x) // 2)
     dims = activity.argsort(descending=True)[: s.traversal_dims].tolist()
     values = s.sample_temperature * torch.linspace(-s.traversal_range, s.traversal_range, s.traversal_steps)
     device = next(vae.parameters()).device
-    out = {
-        "result": result_figure(vae, x[: s.n_images], s.n_samples, s.per_row, s.sample_temperature, s.seed),
-        "interpolations": interpolation_grid(vae, x[:pairs], x[pairs : 2 * pairs], s.interpolation_steps),
-        "traversals": traversal_grid(vae, mu[0].to(device), dims, values),
-        "latent_scatter": latent_scatter(mu, labels, s.scatter_attribute, label_names),
+    makers = {
+        "result": lambda: result_figure(
+            vae, x[: s.n_images], s.n_samples, s.per_row, s.sample_temperature, s.seed
+        ),
+        "interpolations": lambda: interpolation_grid(
+            vae, x[:pairs], x[pairs : 2 * pairs], s.interpolation_steps
+        ),
+        "traversals": lambda: traversal_grid(vae, mu[0].to(device), dims, values),
+        "latent_scatter": lambda: latent_scatter(mu, labels, s.scatter_attribute, label_names),
     }
     if mu.shape[1] == 2:
-        out["manifold"] = manifold_grid(vae, s.manifold_size)
-    return out
+        makers["manifold"] = lambda: manifold_grid(vae, s.manifold_size)
+    return makers
+
+
+def evaluation_figures(*args, **kwargs) -> dict[str, Tensor]:
+    """All figures of :func:`figure_makers` (same arguments), drawn."""
+    return {name: make() for name, make in figure_makers(*args, **kwargs).items()}
 
 
 # -- writing them out ------------------------------------------------------------------------

@@ -1,36 +1,113 @@
 """A run's hyper-parameters and final metrics in TensorBoard's HPARAMS view.
 
-``tensorboard --logdir outputs/multirun/<sweep>`` then compares the jobs side by side. The
-final metrics go in under ``final/<name>`` (one point each) rather than as extra points of
-the ``val/…`` curves, which the logger's ``log_hyperparams`` would otherwise append at step 0.
+How TensorBoard 2.x lays that view out (``tensorboard/plugins/hparams/backend_context.py``
+and the dashboard): it takes the column list from a run's ``experiment`` summary, sorts the
+hyper-parameters by (``differs`` first, then name), and ticks only the first five of them and
+the first five metrics. A metric is not a value stored with the hyper-parameters but a scalar
+tag: its cell shows the last point of that tag in the run. So each run writes:
+
+- the swept keys (:mod:`vaelab.swept`, as in the job's folder name) marked ``differs`` so
+  they lead, then a short list of the settings that matter (:data:`KEY_HPARAMS`), not every
+  leaf of the config;
+- metrics that point at the existing curve tags (``val/elbo``, ``test/elbo``, …), the ELBO
+  first, written without adding a point to any curve.
 """
 
 from __future__ import annotations
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-# config groups whose values describe the experiment (paths, callbacks, logger do not)
-GROUPS = ("model", "dataset", "trainer")
-# leaves that are folders or plumbing, not hyper-parameters
-SKIPPED = ("root", "cache_dir", "default_root_dir")
+from vaelab.swept import swept_overrides as swept_items
+
+# the settings shown after the swept keys: column name -> config path
+KEY_HPARAMS = {
+    "latent_dim": "latent_dim",
+    "model": "model.net",
+    "likelihood": "model.likelihood",
+    "beta": "model.beta",
+    "lr": "model.lr",
+    "dataset": "dataset._target_",
+    "batch_size": "dataset.batch_size",
+    "max_epochs": "trainer.max_epochs",
+    "seed": "seed",
+}
+# metric families in the HPARAMS view, the ELBO of each first (train/* is one noisy step)
+STAGES = ("val/", "test/")
 
 
-def hyperparameters(cfg: DictConfig) -> dict:
-    """The run's top-level scalars and its model/dataset/trainer settings, nested by group."""
-    out = {k: v for k, v in cfg.items() if not OmegaConf.is_config(v) and k not in ("ckpt_path", "task_name")}
-    for group in GROUPS:
-        values = OmegaConf.to_container(cfg[group], resolve=True) if group in cfg else {}
-        out[group] = {k: v for k, v in values.items() if not k.startswith("_") and k not in SKIPPED}
+def swept_overrides() -> dict[str, str]:
+    """A multirun job's swept overrides as {key: value} (:mod:`vaelab.swept`); {} otherwise."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    pairs = (o.partition("=")[::2] for o in swept_items(list(HydraConfig.get().overrides.task)))
+    return {key.lstrip("+~"): value for key, value in pairs}
+
+
+def _scalar(cfg: DictConfig, path: str, text: str | None = None) -> object:
+    """The config value at ``path`` if it is a scalar (numbers stay numbers), else ``text``."""
+    value = OmegaConf.select(cfg, path, default=None)
+    if isinstance(value, bool | int | float | str):
+        return value
+    return text if text is not None else str(value)
+
+
+def _dataset_name(cfg: DictConfig) -> str:
+    """The dataset option (mnist, celeba, …): Hydra's choice, else the datamodule's class."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("dataset")
+        if choice:
+            return choice
+    target = str(OmegaConf.select(cfg, "dataset._target_", default=""))
+    return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
+
+
+def hyperparameters(cfg: DictConfig, swept: dict[str, str]) -> dict[str, object]:
+    """The swept keys first, then :data:`KEY_HPARAMS` less those a swept key already names."""
+    out = {key: _scalar(cfg, key, text) for key, text in swept.items()}
+    for name, path in KEY_HPARAMS.items():
+        if name in out or path in out:
+            continue
+        out[name] = _dataset_name(cfg) if name == "dataset" else _scalar(cfg, path)
     return out
 
 
+def metric_tags(metrics: dict[str, float | None]) -> list[str]:
+    """Curve tags whose final value the view shows: per stage the ELBO, then the rest sorted."""
+    found = [k for k, v in metrics.items() if v is not None and k.startswith(STAGES)]
+    return sorted(found, key=lambda k: (k.split("/")[1] != "elbo", k.startswith("test/"), k))
+
+
+def _mark_differs(experiment, names: set[str]) -> None:
+    """Flag the swept keys in the ``experiment`` summary: the view sorts them first."""
+    value = experiment.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in names
+    value.metadata.plugin_data.content = data.SerializeToString()
+
+
+def write_hparams(log_dir: str, params: dict[str, object], swept: set[str], tags: list[str]) -> None:
+    """Write the HPARAMS summaries into the run's TensorBoard folder, and no scalar point."""
+    experiment, start, end = hparams_summaries(params, dict.fromkeys(tags, 0.0))
+    _mark_differs(experiment, swept)
+    with SummaryWriter(log_dir=log_dir) as writer:  # a second event file of the same run
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+
+
 def log_final_hparams(trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
-    """Log hyper-parameters (with the final metrics where the logger takes them) on rank 0."""
-    final = {f"final/{k}": v for k, v in metrics.items() if v is not None}
+    """Log the hyper-parameters with the final-metric columns, on rank 0 after the test."""
+    swept = swept_overrides()
+    params = hyperparameters(cfg, swept)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hyperparameters(cfg), metrics=final)
+            write_hparams(logger.log_dir, params, set(swept), metric_tags(metrics))
         else:
-            logger.log_hyperparams(hyperparameters(cfg))
-        logger.finalize("success")  # the trainer already closed its writers: flush these lines too
+            logger.log_hyperparams(params)
+            logger.finalize("success")  # the trainer already closed its writers: flush these too

@@ -8,6 +8,7 @@ stays bounded however large k is, and turns nats into the units papers report.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,8 +134,13 @@ def likelihood_metrics(
     max_decodes: int,
     active_threshold: float = 0.01,
     generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, float | int | None], Tensor]:
-    """Metrics over uint8 ``images`` (N, C, H, W), and the (N, D) posterior means for figures."""
+    """Metrics over uint8 ``images`` (N, C, H, W), and the (N, D) posterior means for figures.
+
+    ``progress(n)`` is called after each batch with its number of images (a bar, a log line).
+    """
+    progress = progress or (lambda _: None)
     device = next(vae.parameters()).device
     sums = {"recon": 0.0, "kl": 0.0, "elbo": 0.0, "iwae": 0.0}
     mus = []
@@ -144,6 +150,7 @@ def likelihood_metrics(
         for key in sums:
             sums[key] += float(terms[key].sum())
         mus.append(terms["mu"].cpu())
+        progress(len(x))
     n, dims = len(images), images[0].numel()
     mu = torch.cat(mus)
     mean = {key: total / n for key, total in sums.items()}
@@ -201,12 +208,16 @@ def _rgb(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def fid_scores(vae, images: Tensor, n: int, batch_size: int, metric) -> dict[str, float]:
+def fid_scores(
+    vae, images: Tensor, n: int, batch_size: int, metric, progress: Callable[[int], None] | None = None
+) -> dict[str, float]:
     """FID of n prior samples and of the reconstructions of n test images, against those images.
 
     ``metric`` keeps its real-image statistics across ``reset()`` (reset_real_features=False),
-    so the test images pass through Inception once.
+    so the test images pass through Inception once. ``progress(b)`` counts the images through
+    Inception, 3n in all (test images and their reconstructions, then samples).
     """
+    progress = progress or (lambda _: None)
     device = next(vae.parameters()).device
     metric = metric.to(device)
     n = min(n, len(images))
@@ -214,9 +225,12 @@ def fid_scores(vae, images: Tensor, n: int, batch_size: int, metric) -> dict[str
         real = to_unit_float(images[start : min(n, start + batch_size)]).to(device)
         metric.update(_rgb(real), real=True)
         metric.update(_rgb(vae.reconstruct(real)), real=False)
+        progress(2 * len(real))
     scores = {"fid_reconstructions": float(metric.compute())}
     metric.reset()
     for start in range(0, n, batch_size):
-        metric.update(_rgb(vae.sample(min(batch_size, n - start))), real=False)
+        b = min(batch_size, n - start)
+        metric.update(_rgb(vae.sample(b)), real=False)
+        progress(b)
     scores["fid"] = float(metric.compute())
     return scores

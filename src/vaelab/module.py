@@ -74,7 +74,7 @@ class VAEModule(L.LightningModule):
             return self.hparams.beta
         return self.hparams.beta * min(1.0, self.global_step / warmup)
 
-    def _step(self, batch, stage: str, log: bool = True) -> Tensor:
+    def _step(self, batch, stage: str, log: bool = True, write: bool = False) -> Tensor:
         x = batch[0]
         terms = self.vae(x)
         beta = self.current_beta() if stage == "train" else self.hparams.beta
@@ -93,15 +93,31 @@ class VAEModule(L.LightningModule):
         opts = dict(on_step=train, on_epoch=not train, sync_dist=not train, batch_size=x.shape[0])
         self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
         self.log_dict(metrics, **opts)
-        if stage == "train" and self.hparams.learn_sigma:
-            self.log("train/sigma", self.vae.likelihood.sigma, on_step=True, batch_size=x.shape[0])
-        if stage == "train" and self.hparams.kl_warmup_steps > 0:
-            self.log("train/beta", beta, on_step=True, batch_size=x.shape[0])
+        if train:
+            metrics[f"{stage}/loss"] = loss
+            if self.hparams.learn_sigma:
+                metrics["train/sigma"] = self.vae.likelihood.sigma
+                self.log("train/sigma", metrics["train/sigma"], on_step=True, batch_size=x.shape[0])
+            if self.hparams.kl_warmup_steps > 0:
+                metrics["train/beta"] = beta
+                self.log("train/beta", beta, on_step=True, batch_size=x.shape[0])
+            if write:
+                self._write_train_point(metrics)
         return loss
+
+    def _write_train_point(self, metrics: dict) -> None:
+        """Write a step Lightning's logger does not (the first, an epoch's last) to the loggers,
+        at the step Lightning would use, so each of those steps gets exactly one point."""
+        values = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.global_step)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         self._logging_step = self._logs_step(batch_idx)
-        loss = self._step(batch, "train", log=self._logging_step)
+        # the first step and an epoch's last are written here when Lightning would skip them
+        # (never on a step that only accumulates gradients: its optimizer step writes)
+        write = self._logging_step and self._steps_optimizer(batch_idx) and not self._lightning_writes_step()
+        loss = self._step(batch, "train", log=self._logging_step, write=write)
         if not self.automatic_optimization:
             optimizer = self.optimizers()
             optimizer.zero_grad(set_to_none=True)
@@ -110,19 +126,31 @@ class VAEModule(L.LightningModule):
         return loss
 
     def _logs_step(self, batch_idx: int) -> bool:
-        """Whether Lightning writes this step's metrics: its own logging rule (every
-        ``log_every_n_steps`` and when stopping), the first step, or the epoch's last step.
+        """Whether this step's train metrics are logged: on the steps Lightning's logger writes
+        (:meth:`_lightning_writes_step`), the first step, and each epoch's last step.
 
         ``self.log`` costs about a millisecond of host time per call, as much as a whole step
         of a small VAE, so the train metrics are logged only on the steps that write them (the
         progress bar's loss updates at the same rate).
         """
+        if self.trainer.log_every_n_steps == 0:
+            return False
+        first, last = self.global_step == 0, batch_idx + 1 >= self.trainer.num_training_batches
+        return first or last or self._lightning_writes_step()
+
+    def _lightning_writes_step(self) -> bool:
+        """Lightning's rule for writing train step metrics (its logger connector's
+        ``should_update_logs``), from public trainer state: every ``log_every_n_steps``-th
+        step (counted from 1), when the trainer is stopping, and every step of a fast_dev_run."""
         trainer = self.trainer
-        return (
-            trainer._logger_connector.should_update_logs
-            or self.global_step == 0
-            or batch_idx + 1 >= trainer.num_training_batches
-        )
+        every = trainer.log_every_n_steps
+        due = every > 0 and (self.global_step + 1) % every == 0
+        return due or trainer.should_stop or bool(trainer.fast_dev_run)
+
+    def _steps_optimizer(self, batch_idx: int) -> bool:
+        """Whether this batch ends a gradient accumulation (always, without accumulation)."""
+        every, last = self.trainer.accumulate_grad_batches, batch_idx + 1 >= self.trainer.num_training_batches
+        return (batch_idx + 1) % every == 0 or last
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

@@ -8,8 +8,8 @@ stops with exit code 128 + signal number. Each checkpoint also carries the RNG s
 train loader its position in the epoch (see :mod:`vaelab.data.loader`), so a resumed run draws
 the same batches and the same noise as an uninterrupted one. A second signal stops at once.
 
-``ckpt_path=last`` (or a checkpoint's path) resumes a run in its own folder (see
-:mod:`vaelab.rundir`, which tells Hydra that folder before it makes a new one).
+``ckpt_path=last`` (or a checkpoint's path) resumes a run in its own folder, with its own config
+(see :mod:`vaelab.rundir`, which tells Hydra both before it composes and makes a new one).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from vaelab.atomic import remove_stale_temps
 from vaelab.checkpoints import check_fits, load_checkpoint
 from vaelab.errors import UserError
-from vaelab.rundir import LAST
+from vaelab.rundir import LAST, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class ResumeCheckpoints(Checkpoint):
 
     # -- saving ----------------------------------------------------------------------
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.last_path)
+        trainer.save_checkpoint(self.last_path, weights_only=False)  # said: no "not set" notice
         self._saved_step, self._due = trainer.global_step, False
 
     def _save_and_stop(self, trainer: L.Trainer) -> None:
@@ -108,12 +108,12 @@ class ResumeCheckpoints(Checkpoint):
         self._restore_handlers()
         signum = self._signum or signal.SIGTERM
         log.warning(
-            "stopped by %s at step %d (epoch %d); saved %s. Resume with: python src/train.py ckpt_path=%s",
+            "stopped by %s at step %d (epoch %d); saved %s. Resume with: %s",
             signal.Signals(signum).name,
             trainer.global_step,
             trainer.current_epoch,
             self.last_path,
-            self.last_path,
+            resume_command(self.last_path),
         )
         raise RunInterrupted(128 + signum)
 

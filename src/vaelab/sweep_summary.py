@@ -3,10 +3,11 @@
 ``python -m vaelab.sweep_summary <multirun dir> [--metric val/elbo]`` (and, through the
 :class:`SweepSummary` Hydra callback, the end of every multirun) writes ``summary.csv``,
 ``summary.md`` and ``summary.png`` into the multirun dir and prints the table. A job is a
-sub-folder with ``.hydra/overrides.yaml``; its metrics are ``metrics.json`` (what training
-wrote) and, when an evaluation saved a ``metrics.json`` somewhere below the job, those too
-under ``eval/``. The plot shows the metric against each swept numeric parameter, one line
-per combination of the other swept values.
+sub-folder with ``.hydra/overrides.yaml`` (named ``<number>_<overrides>``, or just the number
+in sweeps made before that); its metrics are ``metrics.json`` (what training wrote) and, when
+an evaluation saved a ``metrics.json`` somewhere below the job, its metrics too under ``eval/``
+(text fields, such as which bits/dim rule applied, and settings stay in that JSON). The plot shows the
+metric against each swept numeric parameter, one line per combination of the other swept values.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 # metric families shown, in this order (train/* is one noisy step, so it stays out)
 STAGES = ("val/", "test/", "eval/")
 MAX_LINES = 8  # more combinations than this: plot points, not one line per combination
+# numbers of an evaluation's metrics.json that describe the run, not the model: left in the JSON
+EVAL_SETTINGS = ("active_threshold", "global_step", "latent_dim", "n_examples", "seconds", "seed")
+EVAL_SETTINGS += ("quality_n", "judge_accuracy", "quality/real/", "quality/reconstructions/")  # floors
 
 
 @dataclass
@@ -48,6 +53,17 @@ def _number(value: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _is_number(value: object) -> bool:
+    """A metric value: a number (bools and text are descriptions, not metrics)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _job_number(name: str) -> int | None:
+    """The job number a folder name starts with: 3 for ``3`` and ``3_latent_dim-2``."""
+    digits = re.match(r"\d+", name)
+    return int(digits.group()) if digits else None
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -57,12 +73,13 @@ def _read_json(path: Path) -> dict:
 
 
 def _eval_metrics(job_dir: Path) -> dict[str, object]:
-    """The newest ``metrics.json`` below the job dir (not its own), keys under ``eval/``."""
+    """The metrics of the newest ``metrics.json`` below the job dir (not its own), under
+    ``eval/``: its numbers (``k`` included, it qualifies the NLL), less :data:`EVAL_SETTINGS`."""
     found = [p for p in job_dir.rglob("metrics.json") if p.parent != job_dir]
     if not found:
         return {}
     newest = max(found, key=lambda p: p.stat().st_mtime)
-    flat = {k: v for k, v in _read_json(newest).items() if isinstance(v, int | float | str | bool)}
+    flat = {k: v for k, v in _read_json(newest).items() if _is_number(v) and not k.startswith(EVAL_SETTINGS)}
     return {k if k.startswith("eval/") else f"eval/{k}": v for k, v in flat.items()}
 
 
@@ -87,9 +104,9 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
     if not dirs:
         raise UserError(
             f"{sweep_dir} holds no jobs (no <job>/.hydra/overrides.yaml): pass the folder of a "
-            "multirun, the one that contains the numbered job folders."
+            "multirun, the one that contains the job folders (0_latent_dim=2, …)."
         )
-    dirs.sort(key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    dirs.sort(key=lambda d: (_job_number(d.name) is None, _job_number(d.name) or 0, d.name))
     return [read_job(d) for d in dirs]
 
 

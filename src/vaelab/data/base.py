@@ -49,6 +49,8 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         self.splits: dict[str, dict[str, Tensor]] = {}
         self.device = CPU  # where batches are served: the trainer's device, known at setup
         self.placed_for: torch.device | None = None
+        self.cache_file = None  # the file the splits are mapped from, once loaded
+        self.mapped_splits: set[str] = set()  # the splits served straight from that mapping
 
     # -- what a dataset provides -------------------------------------------------
     @abc.abstractmethod
@@ -66,13 +68,17 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     # -- shared machinery --------------------------------------------------------
     def load_splits(self) -> dict[str, dict[str, Tensor]]:
         self.check()
+        if self._is_zero():  # fingerprinting 200,000 JPEGs takes seconds: say what is going on
+            log.info("%s: looking for its decoded splits in %s", self.name, self.cache_dir)
         key = cache_key(**self.cache_params())
         required = [f"{s}/{k}" for s in SPLITS for k in ("images", "labels")]
-        flat = load_or_build(self.cache_dir, self.name, key, self.decode_splits, required)
+        flat, self.cache_file = load_or_build(self.cache_dir, self.name, key, self.decode_splits, required)
         splits = {s: {k.split("/")[1]: v for k, v in flat.items() if k.startswith(s + "/")} for s in SPLITS}
+        self.mapped_splits = set(SPLITS) if self.cache_file is not None else set()
         if self.binarize:  # fixed binarisation of the evaluation data, dynamic for train
             for s in ("val", "test"):
                 splits[s]["images"] = self.fixed_binarization(s, splits[s]["images"])
+                self.mapped_splits.discard(s)
         return splits
 
     def fixed_binarization(self, split: str, images: Tensor) -> Tensor:
@@ -99,15 +105,31 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
             nbytes = sum(t.numel() * t.element_size() for t in split.values())
             where = storage_device(nbytes, self.device, self.on_device, self.device_memory_fraction)
             self.splits[name] = {k: t.to(where) for k, t in split.items()}
-            log.info(
-                "%s %s: %d images of shape %s, %.0f MB in %s memory",
-                self.name,
-                name,
-                len(split["images"]),
-                tuple(self.image_shape),
-                nbytes / 1e6,
-                where.type,
+            if self._is_zero():  # every rank has the same split: one line, not one per rank
+                log.info(
+                    "%s %s: %d images of shape %s, %.0f MB %s",
+                    self.name,
+                    name,
+                    len(split["images"]),
+                    tuple(self.image_shape),
+                    nbytes / 1e6,
+                    self._where(name, where),
+                )
+
+    def _is_zero(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
+
+    def _where(self, split: str, where: torch.device) -> str:
+        """Where a split lives, said so that N ranks do not read as N copies."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if where.type != "cpu":
+            return f"in {where.type} memory" + (
+                f" (on each of the {world} processes' devices)" if world > 1 else ""
             )
+        if split in self.mapped_splits:
+            name = self.cache_file.name
+            return f"mapped from the cache {name} (paths.cache_dir): one copy, shared between processes"
+        return "in cpu memory" + (" (one copy per process)" if world > 1 else "")
 
     def _loader(self, split: str, shuffle: bool) -> TensorBatchLoader:
         data = self.splits[split]

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -74,16 +75,23 @@ def load_or_build(
     key: str,
     build: Callable[[], dict[str, Tensor]],
     required: Iterable[str] = (),
-) -> dict[str, Tensor]:
+) -> tuple[dict[str, Tensor], Path | None]:
     """The cached dict of tensors ``<cache_dir>/<name>-<key>.pt``, built by ``build`` if absent
-    (or if it lacks one of the ``required`` tensors)."""
+    (or if it lacks one of the ``required`` tensors), and the file they are mapped from (None
+    when they could not be cached and live in this process's memory only).
+
+    After a build the freshly written file is mapped like any later run's, and the private
+    tensors ``build`` made are dropped: otherwise the building process (DDP's rank 0) would
+    train from its own copy while the other ranks map the file, two copies on one node.
+    """
     path = Path(cache_dir) / f"{name}-{key}.pt"
     if path.is_file() and (tensors := _load(path, required)) is not None:
-        return tensors
+        return tensors, path
+    log.info("no %s cache at %s yet: building it (once; later runs map it)", name, path)
+    start = time.monotonic()
     tensors = build()
     try:
         atomic_torch_save(tensors, path)
-        log.info("cached %s at %s", name, path)
     except OSError as err:  # read-only or full: train anyway, decode again next run
         log.warning(
             "cannot write the data cache %s (%s); continuing without it. Point "
@@ -91,4 +99,15 @@ def load_or_build(
             path,
             err.strerror or err,
         )
-    return tensors
+        return tensors, None
+    images = sum(len(t) for k, t in tensors.items() if k.endswith("images"))
+    log.info(
+        "cached %s: %s%.0f MB at %s, in %.1f s (paths.cache_dir sets the folder)",
+        name,
+        f"{images} images, " if images else "",
+        path.stat().st_size / 1e6,
+        path,
+        time.monotonic() - start,
+    )
+    mapped = _load(path, required)
+    return (tensors, None) if mapped is None else (mapped, path)

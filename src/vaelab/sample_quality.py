@@ -1,0 +1,132 @@
+"""Sample-quality numbers that work offline, each read against its floor on real images.
+
+A judge (:mod:`vaelab.judges`) trained on the dataset scores three sets of images the same
+way: prior samples, reconstructions of held-out images, and real held-out images (the floor:
+what perfect samples would score). For a classifier judge, the share of images it classifies
+with confidence ≥ 0.9 and the normalised entropy of its predicted-class histogram (1 = every
+class equally often: no mode collapse); for any judge, the Fréchet distance between the set's
+features and the test images' (torchmetrics' FID machinery with the judge as its feature
+extractor) and precision/recall (Kynkäänniemi et al. 2019: the share of samples inside the
+real data's k-NN balls, and of real images inside the samples'). A sampler that replays
+training codes can score high confidence; the Fréchet distance and recall catch it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from vaelab.data.base import to_unit_float
+from vaelab.judges import FeatureExtractor, Judge
+
+CONFIDENCE = 0.9
+NEIGHBOURS = 3  # k of the k-NN balls of precision/recall (Kynkäänniemi et al. use 3)
+
+
+def confident_share(probs: Tensor, threshold: float = CONFIDENCE) -> float:
+    """Share of images whose top class has probability ≥ ``threshold``."""
+    return float((probs.max(1).values >= threshold).float().mean())
+
+
+def class_entropy(probs: Tensor) -> float:
+    """Entropy of the histogram of predicted classes, divided by log(classes): 1 = uniform."""
+    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum() / math.log(probs.shape[1]))
+
+
+def _rows(a: Tensor, b: Tensor, reduce: Callable[[Tensor], Tensor], chunk: int = 1024) -> Tensor:
+    """``reduce`` of each row of the distance matrix between ``a`` and ``b``, ``chunk`` rows at a
+    time: 10,000 × 10,000 distances would take 800 MB at once."""
+    a, b = a.double(), b.double()
+    return torch.cat([reduce(torch.cdist(part, b)) for part in a.split(chunk)])
+
+
+def _radii(features: Tensor, k: int) -> Tensor:
+    """Distance from each point to its k-th nearest other point of the same set."""
+    return _rows(features, features, lambda d: d.kthvalue(k + 1, dim=1).values)  # +1: itself, at 0
+
+
+def _share_inside(points: Tensor, centres: Tensor, radii: Tensor) -> float:
+    """Share of ``points`` inside at least one ball (centre, radius)."""
+    return float(_rows(points, centres, lambda d: (d <= radii[None, :]).any(1)).float().mean())
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = NEIGHBOURS) -> tuple[float, float]:
+    """(precision, recall) of ``fake`` against ``real`` features (Kynkäänniemi et al. 2019)."""
+    return _share_inside(fake, real, _radii(real, k)), _share_inside(real, fake, _radii(fake, k))
+
+
+@torch.no_grad()
+def judged(judge: Judge, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+    """(features, class probabilities or attribute probabilities) of float images in [0, 1]."""
+    feats, probs = [], []
+    for start in range(0, len(images), batch_size):
+        f = judge.features(images[start : start + batch_size])
+        logits = judge.head(f)
+        feats.append(f)
+        probs.append(logits.sigmoid() if judge.multi_label else logits.softmax(1))
+    return torch.cat(feats), torch.cat(probs)
+
+
+def frechet_distance(judge: Judge, real: Tensor, fake: Tensor, batch_size: int = 500) -> float:
+    """Fréchet distance between the judge's features of two image sets (float in [0, 1])."""
+    metric = FrechetInceptionDistance(  # sync_on_compute=False: rank 0 alone scores, under DDP too
+        feature=FeatureExtractor(judge),
+        normalize=True,
+        input_img_size=tuple(real.shape[1:]),
+        sync_on_compute=False,
+    )
+    for start in range(0, len(real), batch_size):
+        metric.update(real[start : start + batch_size], real=True)
+    for start in range(0, len(fake), batch_size):
+        metric.update(fake[start : start + batch_size], real=False)
+    return float(metric.compute())
+
+
+def image_set_scores(judge: Judge, test: Tensor, images: Tensor) -> dict[str, float]:
+    """Every number for one set of images, against the test images ``test``."""
+    test_feats, _ = judged(judge, test)
+    feats, probs = judged(judge, images)
+    precision, recall = precision_recall(test_feats, feats)
+    scores = {"fd": frechet_distance(judge, test, images), "precision": precision, "recall": recall}
+    if not judge.multi_label:
+        scores |= {"confident": confident_share(probs), "class_entropy": class_entropy(probs)}
+    return scores
+
+
+@torch.no_grad()
+def sample_quality(
+    vae,
+    judge: Judge,
+    test: Tensor,
+    held_out: Tensor,
+    n: int,
+    temperature: float = 1.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """``quality/<set>/<number>`` for prior samples, reconstructions of held-out images and the
+    held-out images themselves (the floor), each set ``n`` images, all against ``n`` test images
+    (uint8). ``held_out`` must not be the test images (val, or train), else the floor is 0."""
+    progress = progress or (lambda _: None)
+    judge = judge.to(next(vae.parameters()).device)
+    real = to_unit_float(test[:n])
+    other = to_unit_float(held_out[:n])
+    sets = {
+        "samples": lambda: _decode_in_batches(lambda b: vae.sample(b, temperature=temperature), n),
+        "reconstructions": lambda: torch.cat([vae.reconstruct(x) for x in other.split(500)]),
+        "real": lambda: other,
+    }
+    out = {}
+    for name, make in sets.items():
+        out |= {f"quality/{name}/{k}": v for k, v in image_set_scores(judge, real, make()).items()}
+        progress(name)  # one set done
+    return out
+
+
+def _decode_in_batches(sample: Callable[[int], Tensor], n: int, batch_size: int = 500) -> Tensor:
+    return torch.cat([sample(min(batch_size, n - start)) for start in range(0, n, batch_size)])

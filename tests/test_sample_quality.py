@@ -1,0 +1,112 @@
+"""Sample-quality numbers: each function against a case whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import write_mnist
+
+from vaelab import judges
+from vaelab.data import MNISTDataModule
+from vaelab.judges import Judge, load_or_train_judge, train_judge
+from vaelab.sample_quality import (
+    class_entropy,
+    confident_share,
+    frechet_distance,
+    image_set_scores,
+    precision_recall,
+)
+
+
+def test_confident_share_counts_top_probabilities_at_or_above_the_threshold():
+    probs = torch.tensor([[0.95, 0.05], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    assert confident_share(probs) == pytest.approx(0.5)
+    assert confident_share(probs, threshold=0.5) == 1.0
+
+
+def test_class_entropy_is_one_for_a_uniform_histogram_and_zero_for_one_class():
+    uniform = torch.eye(10).repeat(3, 1)
+    assert class_entropy(uniform) == pytest.approx(1.0)
+    assert class_entropy(torch.eye(10)[[4] * 7]) == pytest.approx(0.0)
+    half = torch.eye(4)[[0, 1, 0, 1]]  # two of four classes, equally often: log 2 / log 4
+    assert class_entropy(half) == pytest.approx(0.5)
+
+
+def test_precision_and_recall_of_identical_disjoint_and_collapsed_sets():
+    torch.manual_seed(0)
+    real = torch.randn(200, 8)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    assert precision_recall(real, real + 100.0) == (0.0, 0.0)
+    collapsed = real[:1].repeat(200, 1) + 1e-6 * torch.randn(200, 8)  # one mode, replayed
+    precision, recall = precision_recall(real, collapsed)
+    assert precision == 1.0 and recall < 0.05
+
+
+def _sqrtm_trace(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.eigvals(a @ b).real.clamp(min=0).sqrt().sum())
+
+
+def test_frechet_distance_equals_the_closed_form_on_the_judges_features():
+    torch.manual_seed(0)
+    judge = Judge((1, 8, 8), n_outputs=3, multi_label=False).eval()
+    real, fake = torch.rand(300, 1, 8, 8), torch.rand(300, 1, 8, 8) * 0.5
+    with torch.no_grad():
+        f1, f2 = judge.features(real).double(), judge.features(fake).double()
+    m1, m2, c1, c2 = f1.mean(0), f2.mean(0), f1.T.cov(), f2.T.cov()
+    expected = float((m1 - m2).square().sum() + c1.trace() + c2.trace()) - 2 * _sqrtm_trace(c1, c2)
+    assert frechet_distance(judge, real, fake) == pytest.approx(expected, rel=1e-3)
+    assert frechet_distance(judge, real, real) == pytest.approx(0.0, abs=1e-3)
+
+
+def _digits(tmp_path):
+    dm = MNISTDataModule(
+        root=str(write_mnist(tmp_path / "data", 600, 200)), cache_dir=str(tmp_path / "c"), val_size=100
+    )
+    return dm, dm.load_splits()
+
+
+def test_a_judge_learns_the_digits_and_scores_real_ones_as_the_floor(tmp_path):
+    _, splits = _digits(tmp_path)
+    judge, acc = train_judge(splits, seed=0, epochs=10, shift=0)
+    assert acc > 0.95
+    test = splits["test"]["images"].float() / 255
+    real = image_set_scores(judge, test[:100], test[100:])
+    noise = image_set_scores(judge, test[:100], torch.rand(100, 1, 28, 28))
+    assert real["confident"] > 0.8 and real["class_entropy"] > 0.9
+    assert real["fd"] < noise["fd"] and real["precision"] > noise["precision"]
+    assert set(real) == {"fd", "precision", "recall", "confident", "class_entropy"}
+
+
+def test_the_judge_is_trained_once_and_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    dm, _ = _digits(tmp_path)
+    calls = []
+    real_train = judges.train_judge
+    monkeypatch.setattr(judges, "train_judge", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    first, acc1 = load_or_train_judge(dm, seed=0, epochs=1)
+    second, acc2 = load_or_train_judge(dm, seed=0, epochs=1)
+    assert len(calls) == 1 and acc1 == acc2 and math.isfinite(acc1)
+    assert list((tmp_path / "c").glob("judge-mnist-*.pt"))
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(first(x), second(x))
+    load_or_train_judge(dm, seed=1, epochs=1)  # another seed: another judge
+    assert len(calls) == 2
+
+
+def test_a_training_run_logs_sample_quality_at_each_validation_epoch(tmp_path):
+    from conftest import compose_config, tiny_overrides
+    from events import read_events
+
+    from vaelab.train import run
+
+    root = write_mnist(tmp_path / "data", n_train=400, n_test=100)
+    over = tiny_overrides(root, tmp_path / "run", tmp_path / "cache")
+    over += ["dataset.val_size=100", "trainer.max_epochs=2", "test=false", "callbacks.sample_quality.n=50"]
+    run(compose_config([o for o in over if o != "trainer.max_epochs=1"]))
+    scalars, _ = read_events(tmp_path / "run" / "tensorboard")
+    names = {"fd", "precision", "recall", "confident", "class_entropy"}
+    assert {t for t in scalars if t.startswith("quality/")} == {f"quality/samples/{n}" for n in names}
+    assert len(scalars["quality/samples/fd"]) == 2  # one point per validation epoch
+    assert all(0 <= v <= 1 for v in scalars["quality/samples/confident"])
+    assert list((tmp_path / "cache").glob("judge-mnist-*.pt"))

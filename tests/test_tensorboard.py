@@ -1,0 +1,116 @@
+"""What TensorBoard shows of a run: the train curves' steps, the HPARAMS view (swept keys
+first, metrics read from the curve tags, no final/* charts) and the sweep jobs' folder names."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import tiny_overrides
+from events import read_events, read_hparams, scalar_steps
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from vaelab import swept
+from vaelab.hparams import hyperparameters, metric_tags, write_hparams
+from vaelab.train import run
+
+
+def test_train_curves_keep_first_step_every_nth_and_each_epochs_last(tmp_path, mnist_root, compose_train):
+    """7 batches per epoch, log_every_n_steps=3, 2 epochs: Lightning alone writes steps 2, 5,
+    8, 11; the first step (0) and the epochs' last (6, 13) are added, each exactly once."""
+    over = tiny_overrides(mnist_root, tmp_path / "run", tmp_path / "cache") + ["dataset.val_size=40"]
+    over += ["trainer.limit_train_batches=7", "trainer.log_every_n_steps=3", "trainer.max_epochs=2"]
+    metrics = run(compose_train(over + ["model.kl_warmup_steps=4"]))
+    tb = tmp_path / "run" / "tensorboard"
+    for tag in ("train/loss", "train/elbo", "train/recon", "train/kl", "train/beta"):
+        assert scalar_steps(tb, tag) == [0, 2, 5, 6, 8, 11, 13], tag
+    scalars, _ = read_events(tb)
+    assert scalars["train/beta"] == pytest.approx([0, 0.5, 1, 1, 1, 1, 1])  # warm-up over 4 steps
+    assert scalars["train/loss"][-1] == pytest.approx(metrics["train/loss"], rel=1e-6)
+    # final metrics are the curves' last points, not single-dot charts of their own
+    assert not [tag for tag in scalars if tag.startswith("final/")]
+    assert len(scalars["val/elbo"]) == 2 and len(scalars["test/elbo"]) == 1
+    infos, values, metric_names = read_hparams(tb)
+    assert metric_names[:2] == ["val/elbo", "test/elbo"] and "val/loss" in metric_names
+    assert not [m for m in metric_names if m.startswith("train/")]
+    assert [name for name, _ in infos] == list(hyperparameters(compose_train(over), {}))
+    assert not any(differs for _, differs in infos)  # a single run: nothing swept
+    assert values["latent_dim"] == 32 and values["dataset"] == "mnist" and values["max_epochs"] == 2
+    assert len(values) == 9  # the short list, not every config leaf
+
+
+def test_hparams_lead_with_the_swept_keys_and_add_no_scalar(tmp_path, compose_train):
+    cfg = compose_train(["model=conv", "latent_dim=2", "model.lr=0.01"])
+    params = hyperparameters(cfg, {"model.lr": "0.01", "model": "conv", "latent_dim": "2"})
+    assert list(params)[:3] == ["model.lr", "model", "latent_dim"]
+    assert params["model.lr"] == 0.01 and params["model"] == "conv" and params["latent_dim"] == 2
+    assert "lr" not in params  # named by its swept key already
+    tags = metric_tags(
+        {"val/loss": 1.0, "test/elbo": -2.0, "val/elbo": -1.0, "train/loss": 3.0, "val/kl": None}
+    )
+    assert tags == ["val/elbo", "test/elbo", "val/loss"]
+    write_hparams(str(tmp_path), params, {"model.lr", "model", "latent_dim"}, tags)
+    infos, values, metric_names = read_hparams(tmp_path)
+    assert infos[:4] == [("model.lr", True), ("model", True), ("latent_dim", True), ("likelihood", False)]
+    assert metric_names == tags and values["model"] == "conv"
+    scalars, _ = read_events(tmp_path)
+    assert scalars == {}  # the metric columns read the run's curves: no point added to them
+
+
+def test_job_folder_names_hold_the_swept_overrides_and_parse_as_a_ckpt_path(monkeypatch):
+    task = [
+        "latent_dim=2",
+        "trainer.max_epochs=1",
+        "model=conv",
+        "paths.data_dir=/data",
+        "model.channels=[4,4]",
+    ]
+    monkeypatch.setenv(swept.ENV, "latent_dim,model")
+    assert swept.job_dirname(0, task) == "0_latent_dim-2+model-conv"
+    monkeypatch.delenv(swept.ENV)  # a launcher that drops the environment: all but places
+    name = swept.job_dirname(12, task)
+    assert name == "12_latent_dim-2+trainer.max_epochs-1+model-conv+model.channels-_4_4_"
+    (override,) = OverridesParser.create().parse_overrides([f"ckpt_path=/out/{name}/checkpoints/last.ckpt"])
+    assert override.value() == f"/out/{name}/checkpoints/last.ckpt"  # no quotes needed
+    assert swept.job_dirname(3, ["paths.data_dir=/data"]) == "3"
+    assert len(swept.job_dirname(1, [f"+k{i}=value{i}" for i in range(40)])) == 2 + swept.NAME_LIMIT
+    monkeypatch.setenv(swept.ENV, "")  # a multirun without a sweep: the number alone
+    assert swept.job_dirname(0, task) == "0"
+
+
+def test_swept_keys_callback_reads_the_command_lines_sweeps_and_a_search(monkeypatch):
+    monkeypatch.delenv(swept.ENV, raising=False)
+    cfg = OmegaConf.create(
+        {
+            "hydra": {
+                "overrides": {
+                    "task": ["latent_dim=2,16", "trainer.max_epochs=1", "model=mlp,conv", "+x=[1,2]"]
+                },
+                "sweeper": {"params": {"model.lr": "tag(log, interval(1e-4, 1e-2))"}},
+            }
+        }
+    )
+    callback = swept.SweptKeys()
+    callback.on_multirun_start(cfg)
+    assert os.environ[swept.ENV] == "latent_dim,model,model.lr"
+    assert swept.swept_overrides(
+        ["latent_dim=2", "trainer.max_epochs=1", "model=conv", "model.lr=0.001"]
+    ) == [
+        "latent_dim=2",
+        "model=conv",
+        "model.lr=0.001",
+    ]
+    callback.on_multirun_end(cfg)
+    assert swept.ENV not in os.environ
+
+
+def test_a_resumed_run_continues_the_curves_without_a_double_point(tmp_path, mnist_root, compose_train):
+    """Resuming counts steps on (Lightning's logger step and vaelab's agree): the second epoch
+    adds 8, 11 (every 3rd) and 13 (its last), not its own first step."""
+    over = tiny_overrides(mnist_root, tmp_path / "run", tmp_path / "cache") + ["dataset.val_size=40"]
+    over += ["trainer.limit_train_batches=7", "trainer.log_every_n_steps=3"]
+    run(compose_train(over))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    run(compose_train(over + ["trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert scalar_steps(tmp_path / "run" / "tensorboard", "train/loss") == [0, 2, 5, 6, 8, 11, 13]
