@@ -243,6 +243,7 @@ RULES: tuple[Rule, ...] = (
     positive_int("eval.judge_epochs", "4"),
     whole("eval.export_samples", 0, "10000"),
     number("figures.sample_temperature", "1.0"),
+    number("figures.traversal_quantile", "0.05", include_low=True, high=0.49),
     positive_int("figures.n_images", "16"),
     positive_int("figures.n_samples", "16"),
     positive_int("figures.per_row", "8"),

@@ -23,9 +23,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from vaelab.annotate import row_bands, with_row_labels
 from vaelab.grids import interpolation_grid, reconstruction_grid, sample_grid
 
 GAP = 6  # white rows between the reconstruction block and the sample block of the result picture
+SCALE = 2  # labelled figures are enlarged this many times: 28-pixel digits are too small to read
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class FigureSettings:
     interpolation_steps: int = 10
     traversal_dims: int = 8
     traversal_steps: int = 9
-    traversal_range: float = 3.0
+    traversal_quantile: float = 0.05
     manifold_size: int = 20
     scatter_attribute: int = 20
 
@@ -58,32 +60,60 @@ def _stack(grids: list[Tensor], gap: int = GAP) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
+def _tile_rows(grid: Tensor, tile: int, padding: int = 2) -> int:
+    return (grid.shape[1] - padding) // (tile + padding)
+
+
 @torch.no_grad()
-def result_figure(vae, x: Tensor, n_samples: int, per_row: int, temperature: float, seed: int) -> Tensor:
-    """The project's result picture: rows of originals, each over its reconstructions, then
-    rows of decoded prior samples z ~ N(0, temperature² I)."""
+def result_figure(
+    vae, x: Tensor, n_samples: int, per_row: int, temperature: float, seed: int, scale: int = SCALE
+) -> Tensor:
+    """The project's result picture: rows of test images, each over its reconstructions, then
+    rows of decoded prior samples z ~ N(0, temperature² I); enlarged ``scale`` times, each row
+    labelled."""
     z = vae.prior_sample(n_samples, temperature, generator=torch.Generator().manual_seed(seed))
-    return _stack([reconstruction_grid(vae, x, per_row), sample_grid(vae, z, per_row)])
+    recon, samples = reconstruction_grid(vae, x, per_row), sample_grid(vae, z, per_row)
+    tile = x.shape[-2]
+    kinds = ("test image", "reconstruction")
+    labels = [(band, kinds[r % 2]) for r, band in enumerate(row_bands(_tile_rows(recon, tile), tile))]
+    sampled = f"sample, T = {temperature:g}"
+    labels += [
+        (band, sampled) for band in row_bands(_tile_rows(samples, tile), tile, top=recon.shape[1] + GAP)
+    ]
+    return with_row_labels(_stack([recon, samples]), labels, scale)
 
 
 @torch.no_grad()
-def traversal_grid(vae, z0: Tensor, dims: list[int], values: Tensor) -> Tensor:
-    """One row per latent dim: z0 with that one coordinate swept over ``values``, others fixed."""
-    steps = len(values)
+def traversal_grid(vae, z0: Tensor, dims: list[int], values: Tensor, scale: int = SCALE) -> Tensor:
+    """One row per latent dim: z0 with that one coordinate swept over its row of ``values``
+    (len(dims), steps), the others fixed; each row labelled with its dim and range."""
+    steps = values.shape[1]
     z = z0.reshape(1, -1).repeat(len(dims) * steps, 1)
     for row, dim in enumerate(dims):
-        z[row * steps : (row + 1) * steps, dim] = values.to(z)
-    return make_grid(vae.generate(z).float().cpu(), nrow=steps, padding=2, pad_value=1.0)
+        z[row * steps : (row + 1) * steps, dim] = values[row].to(z)
+    images = vae.generate(z).float().cpu()
+    grid = make_grid(images, nrow=steps, padding=2, pad_value=1.0)
+    bands = row_bands(len(dims), images.shape[-2])
+    text = [f"z{d}: {v[0]:.2f} … {v[-1]:.2f}" for d, v in zip(dims, values.tolist(), strict=True)]
+    return with_row_labels(grid, list(zip(bands, text, strict=True)), scale)
 
 
 @torch.no_grad()
-def manifold_grid(vae, size: int) -> Tensor:
-    """The classic 2-D figure: decodings over a size×size grid of N(0, 1) quantiles
-    (5 % to 95 %), z₁ growing to the right and z₂ upwards."""
-    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, size))
-    z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
-    z = torch.stack([z1.flatten(), z2.flatten()], dim=1).to(next(vae.parameters()).device)
+def manifold_grid(vae, size: int, z1: Tensor | None = None, z2: Tensor | None = None) -> Tensor:
+    """The classic 2-D figure: decodings over a size×size grid, z₁ growing to the right and z₂
+    upwards, at the given values (say the 5 %…95 % quantiles of the test set's posterior means,
+    so the grid covers where the codes are); N(0, 1) quantiles when none are given."""
+    prior = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, size))
+    z1, z2 = (prior if v is None else v.float().cpu() for v in (z1, z2))
+    rows, cols = torch.meshgrid(z2.flip(0), z1, indexing="ij")
+    z = torch.stack([cols.flatten(), rows.flatten()], dim=1).to(next(vae.parameters()).device)
     return make_grid(vae.generate(z).float().cpu(), nrow=size, padding=0)
+
+
+def aggregate_quantiles(mu: Tensor, levels: Tensor) -> Tensor:
+    """(D, len(levels)): each latent dim's quantiles over the posterior means ``mu`` (N, D), the
+    aggregate posterior's range, which is where a trained model's codes live."""
+    return torch.quantile(mu.float().cpu(), levels, dim=0).T
 
 
 def _render(fig: Figure) -> Tensor:
@@ -151,7 +181,8 @@ def figure_makers(
     s = settings
     pairs = min(s.interpolation_pairs, len(x) // 2)
     dims = activity.argsort(descending=True)[: s.traversal_dims].tolist()
-    values = s.sample_temperature * torch.linspace(-s.traversal_range, s.traversal_range, s.traversal_steps)
+    q = s.traversal_quantile
+    values = aggregate_quantiles(mu[:, dims], torch.linspace(q, 1 - q, s.traversal_steps))
     device = next(vae.parameters()).device
     makers = {
         "result": lambda: result_figure(
@@ -164,7 +195,8 @@ def figure_makers(
         "latent_scatter": lambda: latent_scatter(mu, labels, s.scatter_attribute, label_names),
     }
     if mu.shape[1] == 2:
-        makers["manifold"] = lambda: manifold_grid(vae, s.manifold_size)
+        z1, z2 = aggregate_quantiles(mu, torch.linspace(q, 1 - q, s.manifold_size))
+        makers["manifold"] = lambda: manifold_grid(vae, s.manifold_size, z1, z2)
     return makers
 
 
