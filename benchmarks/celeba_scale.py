@@ -132,6 +132,25 @@ def tree_pss(root_pid: int) -> tuple[int, int]:
     return total, count
 
 
+def mapped_cache_pss(root_pid: int, marker: str = "/celeba-") -> int:
+    """Summed PSS of the cache file's mappings in the tree: at most one copy if they share."""
+    kids, todo, total = _children(), [root_pid], 0
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/smaps") as f:
+                inside = False
+                for line in f:
+                    if not line[0].isupper():  # a mapping's header: address range, ..., path
+                        inside = marker in line
+                    elif inside and line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
 class PeakSampler(threading.Thread):
     """Samples :func:`tree_pss` every ``interval`` s until stopped; keeps the peak."""
 
@@ -139,6 +158,7 @@ class PeakSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval, self.peak, self.peak_procs = pid, interval, 0, 0
         self.samples: list[tuple[float, int]] = []
+        self.cache_peak = 0  # peak of the cache file's mapped pages, every 10th sample
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -148,6 +168,8 @@ class PeakSampler(threading.Thread):
             self.samples.append((round(time.monotonic() - t0, 1), pss))
             if pss > self.peak:
                 self.peak, self.peak_procs = pss, procs
+            if len(self.samples) % 10 == 0:
+                self.cache_peak = max(self.cache_peak, mapped_cache_pss(self.pid))
             self.halt.wait(self.interval)
 
 
@@ -167,6 +189,7 @@ def measure(cmd: list[str], log_path: Path, env_extra: dict | None = None) -> di
         "seconds": round(time.monotonic() - t0, 1),
         "peak_pss_bytes": sampler.peak,
         "processes_at_peak": sampler.peak_procs,
+        "peak_mapped_cache_pss_bytes": sampler.cache_peak,
         "peak_at_s": next(t for t, pss in sampler.samples if pss == sampler.peak),
         "pss_every_5s_mb": [round(pss / 1e6) for t, pss in sampler.samples[::25]],
         "log": str(log_path),
@@ -200,7 +223,7 @@ def cold_build(root: Path, cache_dir: Path, workers: int, log_path: Path, src: s
     return result
 
 
-def first_ddp_run(root: Path, cache_dir: Path, runs: Path, log_path: Path, src: str | None) -> dict:
+def first_ddp_run(root: Path, cache_dir: Path, runs: Path, log_path: Path, script: str) -> dict:
     """A 2-process CPU DDP run on a cold cache: one epoch of a small MLP with large batches,
     so every page of every split is read (the worst case for a mapped cache)."""
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -218,8 +241,7 @@ def first_ddp_run(root: Path, cache_dir: Path, runs: Path, log_path: Path, src: 
         "callbacks.progress_bar.refresh_rate=0",
         "callbacks.sample_quality=null",  # its judge trains 4 epochs on rank 0 alone: minutes here
     ]
-    env = {"OMP_NUM_THREADS": "1", **({"PYTHONPATH": src} if src else {})}
-    return measure([sys.executable, "src/train.py", *args], log_path, env)
+    return measure([sys.executable, script, *args], log_path, {"OMP_NUM_THREADS": "1"})
 
 
 def decoded_bytes() -> int:
@@ -232,7 +254,13 @@ def main() -> None:
     parser.add_argument("steps", nargs="+", choices=["tree", "build", "ddp"])
     parser.add_argument("--root", type=Path, default=Path("/work/scale"), help="where the tree goes")
     parser.add_argument("--workers", type=int, default=2, help="processes making the tree / decoding")
-    parser.add_argument("--src", help="PYTHONPATH of another vaelab source tree (a 'before' copy)")
+    parser.add_argument("--src", help="build: PYTHONPATH of another vaelab source tree (a 'before' copy)")
+    parser.add_argument(
+        "--script",
+        default="src/train.py",
+        help="ddp: the train.py to run (it puts its own src/ first on sys.path: a copy next to "
+        "a 'before' vaelab runs that one)",
+    )
     parser.add_argument("--label", default="after", help="name of this measurement in the JSON")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="celeba_scale_"))
@@ -248,7 +276,7 @@ def main() -> None:
         if step == "build":
             result = cold_build(args.root, work / "cache", args.workers, log_path, args.src)
         else:
-            result = first_ddp_run(args.root, work / "cache", work / "runs", log_path, args.src)
+            result = first_ddp_run(args.root, work / "cache", work / "runs", log_path, args.script)
         result["ratio_to_one_copy"] = round(result["peak_pss_bytes"] / one_copy, 3)
         report[step] = result
         print(f"{step}: {json.dumps(result)}", flush=True)

@@ -67,12 +67,14 @@ def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path, 
     assert height == 2 * (4 * 30 + 2 + 6 + 2 * 30 + 2) and width > 2 * 242 and mode == "RGB"
     assert _size(figures / "manifold.png")[0] == (20 * 28, 20 * 28)  # latent_dim = 2
     assert _size(figures / "latent_scatter.png")[0] == (500, 500)
+    assert _size(figures / "samples_expost.png")[0][1] == 2 * (2 * 30 + 2)  # 16 samples, 8 a row
     assert _size(figures / "traversals.png")[0][1] == 2 * (2 * 30 + 2)  # both dims, enlarged twice
     scalars, images = read_events(mnist_run / "tensorboard")
     assert {"eval/result", "eval/manifold", "eval/traversals"} <= set(images)
     assert not [t for t in scalars if t.startswith("eval/")]  # a text panel, not one-point charts
     # sample quality: every set scored with every number, real held-out images as the floor
-    sets, names = ("samples", "reconstructions", "real"), ("fd", "precision", "recall", "confident")
+    sets = ("samples", "expost", "reconstructions", "real")
+    names = ("fd", "precision", "recall", "confident")
     assert all(f"quality/{s}/{n}" in m for s in sets for n in (*names, "class_entropy"))
     assert m["quality_n"] == 40 and 0 < m["judge_accuracy"] <= 1  # capped by the 40 val images
     assert m["quality/real/fd"] < m["quality/samples/fd"]
@@ -91,18 +93,20 @@ def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path, 
     ]
     scoring = "log p(x), importance sampling with k=20: "
     quality = "sample quality: 40 images per set, mnist judge: "
+    expost = "ex-post prior: 10 Gaussians on the training codes: "
     assert progress == [
         f"{scoring}120 images ...",
         f"{scoring}50/120 images (42%), T elapsed, about T left",
         f"{scoring}100/120 images (83%), T elapsed, about T left",
         f"{scoring}120 images in T, T",
-        f"{quality}3 sets ...",
-        f"{quality}1/3 sets (33%), T elapsed, about T left",
-        f"{quality}2/3 sets (67%), T elapsed, about T left",
-        f"{quality}3 sets in T, T",
-        "figures: 5 figures ...",
-        *[f"figures: {i}/5 figures ({20 * i}%), T elapsed, about T left" for i in range(1, 5)],
-        "figures: 5 figures in T, T",
+        f"{expost}280 images ...",
+        f"{expost}280 images in T, T",
+        f"{quality}4 sets ...",
+        *[f"{quality}{i}/4 sets ({25 * i}%), T elapsed, about T left" for i in range(1, 4)],
+        f"{quality}4 sets in T, T",
+        "figures: 6 figures ...",
+        *[f"figures: {i}/6 figures ({round(100 * i / 6)}%), T elapsed, about T left" for i in range(1, 6)],
+        "figures: 6 figures in T, T",
         "exporting samples to X: 7 images ...",
         "exporting samples to X: 7 images in T, T",
     ]
@@ -180,7 +184,7 @@ def test_cli_writes_its_log_and_metrics_next_to_the_run(mnist_run):
     assert json.loads((mnist_run / "eval" / "metrics.json").read_text())["k"] == 3
     log = (mnist_run / "eval" / "eval.log").read_text()
     assert "log p(x), importance sampling with k=3: 100/120 images (83%), " in log
-    assert "\r" not in proc.stderr and "figures: 5 figures in " in log  # stderr is no terminal: no bar
+    assert "\r" not in proc.stderr and "figures: 6 figures in " in log  # stderr is no terminal: no bar
 
 
 @pytest.mark.parametrize(

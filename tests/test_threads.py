@@ -181,23 +181,36 @@ def test_a_run_logs_its_thread_count_once(tmp_path, mnist_root, compose_train, c
     assert torch.get_num_threads() == 1
 
 
-@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_entry_points_make_waiting_openmp_threads_sleep_unless_the_user_chose(preset, expected):
+@pytest.mark.parametrize(
+    ("script", "preset", "expected"),
+    [
+        ("train.py", {}, "GOMP_SPINCOUNT=10000 OMP_WAIT_POLICY=None"),
+        ("train.py", {"GOMP_SPINCOUNT": "5"}, "GOMP_SPINCOUNT=5 OMP_WAIT_POLICY=None"),
+        ("eval.py", {"OMP_WAIT_POLICY": "PASSIVE"}, "GOMP_SPINCOUNT=None OMP_WAIT_POLICY=PASSIVE"),
+    ],
+)
+def test_the_entry_points_bound_openmp_spinning_unless_the_user_chose(script, preset, expected):
     probe = (
         "import os, runpy, sys; sys.argv = [sys.argv[1], '--help']\n"
         "try: runpy.run_path(sys.argv[0], run_name='__main__')\n"
         "except SystemExit: pass\n"
-        "print('policy', os.environ.get('OMP_WAIT_POLICY'))"
+        "print(*(f'{k}={os.environ.get(k)}' for k in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')))"
     )
-    env = {k: v for k, v in threads.os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if preset:
-        env["OMP_WAIT_POLICY"] = preset
-    for script in ("train.py", "eval.py"):
-        out = subprocess.run(
-            [sys.executable, "-c", probe, str(ROOT / "src" / script)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.stdout.strip().endswith(f"policy {expected}"), out.stderr[-2000:]
+    env = {k: v for k, v in threads.os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(ROOT / "src" / script)],
+        env=env | preset,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip().endswith(expected), out.stderr[-2000:]
+
+
+def test_omp_num_threads_set_after_the_config_is_not_the_users(monkeypatch):
+    """Lightning's DDP sets OMP_NUM_THREADS when the run starts: auto stays auto."""
+    fake_machine(monkeypatch, [CpuSample(0.0, 0.0, 0.0), CpuSample(0.25, 0.0, 0.0)])
+    policy = ThreadPolicy("auto")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    policy.setup(SimpleNamespace(num_devices=1, is_global_zero=True), None, "fit")
+    assert torch.get_num_threads() == 2 and policy.last is not None

@@ -26,7 +26,8 @@ from vaelab import checkpoints
 from vaelab.config import config_tree, validate
 from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
-from vaelab.figures import FigureSettings, figure_makers, publish
+from vaelab.expost import GaussianMixture, fit_mixture
+from vaelab.figures import FigureSettings, figure_makers, labelled_samples, publish
 from vaelab.judges import load_or_train_judge
 from vaelab.metrics import DataModel, active_units, fid_scores, inception_fid, likelihood_metrics
 from vaelab.module import VAEModule
@@ -160,9 +161,35 @@ def _fid(vae, images, fid_cfg: DictConfig, batch_size: int) -> dict:
     return {**scores, "fid_note": note}
 
 
-def _quality(cfg: DictConfig, vae, datamodule, split: str) -> dict:
+@torch.no_grad()
+def _expost_prior(cfg: DictConfig, vae, datamodule) -> GaussianMixture | None:
+    """The ex-post prior (:mod:`vaelab.expost`): ``eval.expost_components`` Gaussians fitted to
+    the training set's posterior means; None when that is 0."""
+    k = cfg.eval.expost_components
+    if not k:
+        return None
+    train = (datamodule.splits or datamodule.load_splits())["train"]["images"]
+    if datamodule.binarize:  # the model saw 0/1 images
+        train = datamodule.fixed_binarization("train", train)
+    device, means = next(vae.parameters()).device, []
+    with Progress(len(train), f"ex-post prior: {k} Gaussians on the training codes", "images") as bar:
+        for chunk in train.split(1000):
+            means.append(vae.encode(to_unit_float(chunk).to(device))[0].cpu())
+            bar.update(len(chunk))
+    return fit_mixture(torch.cat(means), k, seed=cfg.eval.seed)
+
+
+def _expost_sampler(vae, mixture: GaussianMixture, seed: int):
+    """Images decoded from ex-post prior draws, n at a time, from a seeded stream."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(vae.parameters()).device
+    return lambda n: vae.generate(mixture.sample(n, generator).to(device))
+
+
+def _quality(cfg: DictConfig, vae, datamodule, split: str, expost: GaussianMixture | None) -> dict:
     """Sample-quality numbers (:mod:`vaelab.sample_quality`) against the evaluated split, with
-    the val split (the test split when val is evaluated) as the real held-out floor."""
+    the val split (the test split when val is evaluated) as the real held-out floor; prior
+    samples, and ex-post prior samples when there is one."""
     ev = cfg.eval
     if not ev.quality:
         return {}
@@ -176,9 +203,11 @@ def _quality(cfg: DictConfig, vae, datamodule, split: str) -> dict:
     test, held_out = splits[split]["images"], splits[other]["images"]
     n = min(ev.quality_n, len(test), len(held_out))
     torch.manual_seed(ev.seed)
-    with Progress(3, f"sample quality: {n} images per set, {datamodule.name} judge", "sets") as bar:
+    samplers = {} if expost is None else {"expost": _expost_sampler(vae, expost, ev.seed)}
+    sets = 3 + len(samplers)
+    with Progress(sets, f"sample quality: {n} images per set, {datamodule.name} judge", "sets") as bar:
         scores = sample_quality(
-            vae, judge, test, held_out, n, cfg.figures.sample_temperature, lambda _: bar.update()
+            vae, judge, test, held_out, n, cfg.figures.sample_temperature, lambda _: bar.update(), samplers
         )
     return {**scores, "quality_n": n, "judge_accuracy": round(accuracy, 4)}
 
@@ -206,7 +235,9 @@ def _quality_rows(m: dict) -> list[str]:
     head = "".join(f"{name:>15}" for name in names)
     rows = [f"  sample quality, n = {m['quality_n']} per set, judge accuracy {m['judge_accuracy']}:"]
     rows.append(f"    {'':<17}{head}")
-    for kind in ("samples", "reconstructions", "real"):
+    for kind in ("samples", "expost", "reconstructions", "real"):
+        if f"quality/{kind}/fd" not in m:
+            continue
         cells = "".join(f"{significant(m[f'quality/{kind}/{name}']):>15}" for name in names)
         rows.append(f"    {kind:<17}{cells}")
     return rows
@@ -254,13 +285,17 @@ def _numbers(cfg: DictConfig, vae, images, likelihood: str) -> tuple[dict, objec
     return metrics, mu
 
 
-def _pictures(cfg: DictConfig, vae, split: dict, mu, label_names) -> dict:
+def _pictures(cfg: DictConfig, vae, split: dict, mu, label_names, expost=None) -> dict:
     drawn = {k: v for k, v in OmegaConf.to_container(cfg.figures, resolve=True).items() if k != "dir"}
     settings = FigureSettings(**drawn)
     n_shown = max(settings.n_images, 2 * settings.interpolation_pairs)
     x = to_unit_float(split["images"][:n_shown]).to(next(vae.parameters()).device)
     _, activity = active_units(mu, cfg.eval.active_threshold)
     makers = figure_makers(vae, x, mu, activity, split.get("labels"), settings, label_names)
+    if expost is not None:  # beside the prior's samples in result.png: the ex-post prior's
+        z = expost.sample(settings.n_samples, torch.Generator().manual_seed(settings.seed))
+        label = f"ex-post sample ({len(expost.weights)} Gaussians)"
+        makers["samples_expost"] = lambda: labelled_samples(vae, z, settings.per_row, label)
     figures = {}
     with Progress(len(makers), "figures", "figures") as bar:
         for name, make in makers.items():
@@ -291,8 +326,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     vae = model_from_checkpoint(ckpt).to(_device(cfg.eval.device))
     datamodule, split = _load_split(cfg, hp["image_shape"])
     metrics, mu = _numbers(cfg, vae, split["images"], hp["likelihood"])
-    metrics.update(_quality(cfg, vae, datamodule, cfg.eval.split))
-    figures = _pictures(cfg, vae, split, mu, _label_names(datamodule))
+    expost = _expost_prior(cfg, vae, datamodule)
+    metrics.update(_quality(cfg, vae, datamodule, cfg.eval.split, expost))
+    figures = _pictures(cfg, vae, split, mu, _label_names(datamodule), expost)
     _export_samples(cfg, vae)
     step = int(ckpt.get("global_step", 0))
     metrics.update(

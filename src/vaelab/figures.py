@@ -84,6 +84,14 @@ def result_figure(
 
 
 @torch.no_grad()
+def labelled_samples(vae, z: Tensor, per_row: int, label: str, scale: int = SCALE) -> Tensor:
+    """Decodings of the codes ``z``, every row labelled ``label`` (e.g. which sampler drew them)."""
+    grid = sample_grid(vae, z, per_row)
+    tile = vae.image_shape[1]
+    return with_row_labels(grid, [(band, label) for band in row_bands(_tile_rows(grid, tile), tile)], scale)
+
+
+@torch.no_grad()
 def traversal_grid(vae, z0: Tensor, dims: list[int], values: Tensor, scale: int = SCALE) -> Tensor:
     """One row per latent dim: z0 with that one coordinate swept over its row of ``values``
     (len(dims), steps), the others fixed; each row labelled with its dim and range."""

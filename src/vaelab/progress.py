@@ -15,6 +15,8 @@ import time
 
 from tqdm import tqdm
 
+from vaelab.numbers import significant
+
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +70,7 @@ class Progress:
             self._bar.close()
         if exc_type is None:
             elapsed = time.monotonic() - self._start
-            rate = f", {self.done / elapsed:.4g} {self.unit}/s" if elapsed > 0 and self.done else ""
+            rate = f", {significant(self.done / elapsed)} {self.unit}/s" if elapsed > 0 and self.done else ""
             self.logger.info("%s: %d %s in %s%s", self.desc, self.done, self.unit, duration(elapsed), rate)
 
     def update(self, n: int = 1) -> None:

@@ -42,7 +42,7 @@ def class_entropy(probs: Tensor) -> float:
 def _rows(a: Tensor, b: Tensor, reduce: Callable[[Tensor], Tensor], chunk: int = 1024) -> Tensor:
     """``reduce`` of each row of the distance matrix between ``a`` and ``b``, ``chunk`` rows at a
     time: 10,000 × 10,000 distances would take 800 MB at once."""
-    a, b = a.double(), b.double()
+    a, b = a.float(), b.float()
     return torch.cat([reduce(torch.cdist(part, b)) for part in a.split(chunk)])
 
 
@@ -108,16 +108,20 @@ def sample_quality(
     n: int,
     temperature: float = 1.0,
     progress: Callable[[str], None] | None = None,
+    samplers: dict[str, Callable[[int], Tensor]] | None = None,
 ) -> dict[str, float]:
-    """``quality/<set>/<number>`` for prior samples, reconstructions of held-out images and the
-    held-out images themselves (the floor), each set ``n`` images, all against ``n`` test images
-    (uint8). ``held_out`` must not be the test images (val, or train), else the floor is 0."""
+    """``quality/<set>/<number>`` for prior samples, any other ``samplers`` (name → function of
+    a count giving images in [0, 1], e.g. the ex-post prior's), reconstructions of held-out
+    images and the held-out images themselves (the floor), each set ``n`` images, all against
+    ``n`` test images (uint8). ``held_out`` must not be the test images (val, or train), else
+    the floor is 0."""
     progress = progress or (lambda _: None)
     judge = judge.to(next(vae.parameters()).device)
     real = to_unit_float(test[:n])
     other = to_unit_float(held_out[:n])
     sets = {
         "samples": lambda: _decode_in_batches(lambda b: vae.sample(b, temperature=temperature), n),
+        **{name: (lambda f=f: _decode_in_batches(f, n)) for name, f in (samplers or {}).items()},
         "reconstructions": lambda: torch.cat([vae.reconstruct(x) for x in other.split(500)]),
         "real": lambda: other,
     }

@@ -1,16 +1,20 @@
 """How many threads torch computes with, on a CPU that other jobs may share.
 
-torch's default is one intra-op thread per core, and its OpenMP threads spin while they wait
-for each other. When another process keeps one of those cores busy, every parallel region
-waits for the thread that shares its core with that process: a small MLP step then runs 15-40x
-slower than on one thread. Two things keep training fast on a busy and on a quiet machine:
+torch's default is one intra-op thread per core, and its OpenMP (libgomp) threads spin for
+~300,000 iterations while they wait for each other. When another process keeps one of those
+cores busy, every parallel region waits for the thread that shares its core with it, while the
+others spin away their time slices: a small MLP step then runs 10-40x slower than on one thread.
+Two things keep training fast on a busy and on a quiet machine:
 
-- the entry points set ``OMP_WAIT_POLICY=PASSIVE`` before torch loads (waiting threads sleep
-  instead of spinning; a user's own setting wins), and
 - with ``threads: auto`` (the default), :class:`ThreadPolicy` gives this process the usable
   cores (affinity and cgroup quota) divided by the training processes on the node, less the
   cores other processes kept busy, and re-checks that every ``every_n_seconds`` of training,
-  so a job starting or stopping next to the run is followed.
+  so a job starting or stopping next to the run is followed (one core busy: one thread);
+- the entry points set ``GOMP_SPINCOUNT=10000`` before torch loads (unless the user set it or
+  ``OMP_WAIT_POLICY``): waiting threads spin a few microseconds, then sleep. On a quiet 2-core
+  CPU that is as fast as the default spin (``OMP_WAIT_POLICY=PASSIVE`` gives up nearly all of
+  the second thread's gain there); when a neighbour appears it bounds the loss until the next
+  re-check.
 
 An explicit ``threads: N`` or a user's ``OMP_NUM_THREADS`` fixes the count and turns the
 re-checks off. :func:`choose_threads` and the /proc readers are plain functions, so tests feed
@@ -118,17 +122,20 @@ def fixed_threads(setting, environ=os.environ) -> tuple[int | None, str]:
 
 
 def wait_policy(environ=os.environ) -> str:
-    return environ.get("OMP_WAIT_POLICY", "unset: waiting OpenMP threads spin a while")
+    """How waiting OpenMP threads behave, for the log line."""
+    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    return ", ".join(f"{k}={environ[k]}" for k in keys if k in environ) or "OpenMP's default spin"
 
 
 def set_threads(
-    setting, procs_on_node: int = 1, every_n_seconds: float | None = None
+    fixed: tuple[int | None, str], procs_on_node: int = 1, every_n_seconds: float | None = None
 ) -> tuple[str, CpuSample | None]:
-    """Set torch's threads once, as ``setting`` says; (the line to log, the sample it ended on)."""
-    fixed, reason = fixed_threads(setting)
+    """Set torch's threads once: ``fixed`` (from :func:`fixed_threads`) or auto; (the line to log,
+    the sample the auto decision ended on)."""
+    fixed, reason = fixed
     if fixed is not None:
         torch.set_num_threads(fixed)
-        return f"torch threads: {fixed} ({reason}; OMP_WAIT_POLICY {wait_policy()})", None
+        return f"torch threads: {fixed} ({reason}; {wait_policy()})", None
     cpus = usable_cpu_set()
     before = sample_cpu(cpus)
     time.sleep(START_SAMPLE_SECONDS)
@@ -139,14 +146,14 @@ def set_threads(
     again = f"re-checked every {every_n_seconds:g} s" if every_n_seconds else "set once"
     return (
         f"torch threads: {n} (auto: {len(cpus)} usable CPUs, {procs_on_node} process(es) of this run on "
-        f"the node, {elsewhere:.1f} CPUs busy elsewhere; {again}; OMP_WAIT_POLICY {wait_policy()})",
+        f"the node, {elsewhere:.1f} CPUs busy elsewhere; {again}; {wait_policy()})",
         after,
     )
 
 
 def set_threads_once(setting) -> None:
     """For one-shot work (src/eval.py): decide once at start, and say so."""
-    log.info(set_threads(setting)[0])
+    log.info(set_threads(fixed_threads(setting))[0])
 
 
 def usable_cpu_set() -> set[int]:
@@ -157,9 +164,11 @@ class ThreadPolicy(L.Callback):
     """Sets torch's intra-op threads at setup and, with ``threads: auto``, every
     ``every_n_seconds`` of training; one log line at start and one per change."""
 
-    def __init__(self, threads="auto", every_n_seconds: float = 10.0):
-        fixed_threads(threads)  # a bad value fails here, before the run starts
-        self.threads, self.every_n_seconds = threads, every_n_seconds
+    def __init__(self, threads="auto", every_n_seconds: float = 5.0):
+        # read now, at config time: a bad value fails before the run starts, and OMP_NUM_THREADS is
+        # still the user's (Lightning's DDP sets it to cores // processes when it starts a run)
+        self.fixed = fixed_threads(threads)
+        self.every_n_seconds = every_n_seconds
         self.procs, self.started = 1, False
         self.last: CpuSample | None = None  # where the next re-check's window starts (auto only)
 
@@ -168,7 +177,7 @@ class ThreadPolicy(L.Callback):
             return  # the test after fit keeps what training found
         self.started = True
         self.procs = max(1, trainer.num_devices)  # processes of this run on this node
-        message, self.last = set_threads(self.threads, self.procs, self.every_n_seconds)
+        message, self.last = set_threads(self.fixed, self.procs, self.every_n_seconds)
         if trainer.is_global_zero:
             log.info(message)
 

@@ -1,0 +1,55 @@
+"""The ex-post prior: EM against known mixtures and closed forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vaelab.expost import GaussianMixture, fit_mixture
+
+
+def test_one_component_is_the_sample_mean_and_variance():
+    torch.manual_seed(0)
+    z = torch.randn(500, 3) * torch.tensor([1.0, 2.0, 0.5]) + torch.tensor([3.0, -1.0, 0.0])
+    gm = fit_mixture(z, 1)
+    torch.testing.assert_close(gm.means[0], z.double().mean(0))
+    torch.testing.assert_close(gm.variances[0], z.double().var(0, unbiased=False))
+    assert gm.weights.tolist() == [1.0]
+
+
+def test_em_recovers_a_two_component_mixture_and_its_log_density_matches_torch():
+    g = torch.Generator().manual_seed(1)
+    truth = GaussianMixture(
+        torch.tensor([0.3, 0.7], dtype=torch.float64),
+        torch.tensor([[-4.0, 0.0], [4.0, 1.0]], dtype=torch.float64),
+        torch.tensor([[1.0, 0.25], [0.5, 2.0]], dtype=torch.float64),
+    )
+    z = truth.sample(20000, generator=g)
+    gm = fit_mixture(z, 2, seed=0)
+    order = gm.means[:, 0].argsort()
+    torch.testing.assert_close(gm.weights[order], truth.weights, atol=0.02, rtol=0)
+    torch.testing.assert_close(gm.means[order], truth.means, atol=0.06, rtol=0)
+    torch.testing.assert_close(gm.variances[order], truth.variances, atol=0.08, rtol=0)
+    D = torch.distributions
+    reference = D.MixtureSameFamily(
+        D.Categorical(gm.weights), D.Independent(D.Normal(gm.means, gm.variances.sqrt()), 1)
+    )
+    probe = torch.randn(50, 2, dtype=torch.float64) * 3
+    torch.testing.assert_close(gm.log_prob(probe), reference.log_prob(probe))
+
+
+def test_the_fit_and_its_samples_are_seeded():
+    z = torch.randn(300, 4)
+    a, b = fit_mixture(z, 5, seed=3), fit_mixture(z, 5, seed=3)
+    assert torch.equal(a.means, b.means)
+    s1 = a.sample(10, torch.Generator().manual_seed(0))
+    s2 = b.sample(10, torch.Generator().manual_seed(0))
+    assert torch.equal(s1, s2) and s1.shape == (10, 4) and s1.dtype == torch.float32
+
+
+@pytest.mark.parametrize("k", [3, 50])
+def test_more_components_than_points_or_a_tight_cluster_stay_finite(k):
+    z = torch.cat([torch.zeros(5, 2), torch.ones(5, 2)])  # two exact points, zero variance
+    gm = fit_mixture(z, k)
+    assert len(gm.weights) == min(k, 10)
+    assert torch.isfinite(gm.log_prob(z)).all() and (gm.variances >= 1e-4).all()
