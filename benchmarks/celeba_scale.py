@@ -244,14 +244,46 @@ def first_ddp_run(root: Path, cache_dir: Path, runs: Path, log_path: Path, scrip
     return measure([sys.executable, script, *args], log_path, {"OMP_NUM_THREADS": "1"})
 
 
-def decoded_bytes() -> int:
+def decoded_bytes(n: int = N_IMAGES) -> int:
     """One copy of the decoded data: every image as uint8 3×64×64, plus 40 attribute bytes."""
-    return N_IMAGES * (3 * IMAGE_SIZE * IMAGE_SIZE + 40)
+    return n * (3 * IMAGE_SIZE * IMAGE_SIZE + 40)
+
+
+SMALL = 2_000  # images of the baseline tree: the same processes, next to no data
+
+
+def small_tree(root: Path, small_root: Path) -> Path:
+    """The first ``SMALL`` images of the full tree (symlinks) with their list lines: the same
+    run on it measures what the processes cost without the data (Python, torch, Lightning)."""
+    base, small = root / "celeba", small_root / "celeba"
+    (small / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    for i in range(1, SMALL + 1):
+        link = small / "img_align_celeba" / f"{i:06d}.jpg"
+        if not link.exists():
+            link.symlink_to(base / "img_align_celeba" / f"{i:06d}.jpg")
+    for name, skip in (("list_eval_partition.txt", 0), ("list_attr_celeba.txt", 2)):
+        lines = (base / name).read_text().splitlines()
+        head = [str(SMALL), *lines[1:2]] if skip else []
+        (small / name).write_text("\n".join(head + lines[skip : skip + SMALL]) + "\n")
+    return small_root
+
+
+def _step(step: str, root: Path, work: Path, args) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    if step == "build":
+        return cold_build(root, work / "cache", args.workers, work / "build.log", args.src)
+    return first_ddp_run(root, work / "cache", work / "runs", work / "ddp.log", args.script)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("steps", nargs="+", choices=["tree", "build", "ddp"])
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help=f"also run each step on the first {SMALL} images: the processes' own footprint, so the "
+        "report can say how much of the peak the data takes",
+    )
     parser.add_argument("--root", type=Path, default=Path("/work/scale"), help="where the tree goes")
     parser.add_argument("--workers", type=int, default=2, help="processes making the tree / decoding")
     parser.add_argument("--src", help="build: PYTHONPATH of another vaelab source tree (a 'before' copy)")
@@ -272,18 +304,21 @@ def main() -> None:
     for step in ("build", "ddp"):
         if step not in args.steps:
             continue
-        log_path = work / f"{step}.log"
-        if step == "build":
-            result = cold_build(args.root, work / "cache", args.workers, log_path, args.src)
-        else:
-            result = first_ddp_run(args.root, work / "cache", work / "runs", log_path, args.script)
+        result = _step(step, args.root, work / step, args)
         result["ratio_to_one_copy"] = round(result["peak_pss_bytes"] / one_copy, 3)
+        if args.baseline:
+            small = _step(step, small_tree(args.root, work / "small"), work / f"{step}_small", args)
+            data = result["peak_pss_bytes"] - small["peak_pss_bytes"]
+            result["baseline_peak_pss_bytes"] = small["peak_pss_bytes"]
+            result["baseline_images"] = SMALL
+            result["data_ratio_to_one_copy"] = round(data / (one_copy - decoded_bytes(SMALL)), 3)
         report[step] = result
         print(f"{step}: {json.dumps(result)}", flush=True)
     out = ROOT / "outputs" / "bench" / f"celeba_scale_{args.label}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    shutil.rmtree(work / "cache", ignore_errors=True)  # 2.5 GB: the logs stay
+    for cache in work.glob("*/cache"):  # 2.5 GB: the logs stay
+        shutil.rmtree(cache, ignore_errors=True)
     print(f"one decoded copy {one_copy / 1e9:.2f} GB; report: {out}")
 
 
