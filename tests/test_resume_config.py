@@ -218,3 +218,17 @@ def test_resume_command_quotes_what_hydra_or_the_shell_would_read():
     assert plain.endswith(" ckpt_path=/runs/a/checkpoints/last.ckpt")
     odd = resume_command(Path("/my runs/a,b/last.ckpt"))
     assert shlex.split(odd)[-1] == "ckpt_path='/my runs/a,b/last.ckpt'"
+
+
+def test_a_failed_start_keeps_a_named_folder_that_existed_before(tmp_path, monkeypatch):
+    from vaelab import rundir
+
+    mine = tmp_path / "my-run"
+    (mine / "notes.log").parent.mkdir()
+    (mine / "notes.log").write_text("my own notes\n")
+    monkeypatch.setattr(rundir, "EXISTING", set())
+    resume_args([f"hydra.run.dir={mine}", "latent_dim=3"], ROOT / "conf")  # before Hydra makes .hydra/
+    (mine / ".hydra").mkdir()
+    with pytest.raises(RuntimeError), discard_failed_attempt(mine, mine / ".hydra", tmp_path):
+        raise RuntimeError("failed before training")
+    assert (mine / "notes.log").read_text() == "my own notes\n"

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from vaelab.errors import UserError
 from vaelab.grids import interpolation_grid, reconstruction_grid, sample_grid
 from vaelab.judges import Judge, load_or_train_judge
-from vaelab.sample_quality import image_set_scores
+from vaelab.sample_quality import MIN_SET, image_set_scores
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class SampleQuality(L.Callback):
     images, logged as ``quality/…`` scalars, so a curve shows whether samples get better.
 
     The dataset's judge is trained at the start of the first fit that needs it (about a minute
-    for MNIST on a CPU) and cached in ``paths.cache_dir``; the test split is never looked at.
+    for MNIST on a CPU) and cached in ``paths.cache_dir``; scores are against validation images.
     """
 
     def __init__(self, every_n_epochs: int = 1, n: int = 1000, seed: int = 0, judge_epochs: int = 4):
@@ -102,9 +102,10 @@ class SampleQuality(L.Callback):
         vae = pl_module.vae
         val = trainer.datamodule.splits["val"]["images"][: self.n]
         real = val.to(pl_module.device).float() / 255
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            samples = vae.sample(len(real))
+        if len(real) < MIN_SET:
+            return
+        z = vae.prior_sample(len(real), generator=torch.Generator().manual_seed(self.seed))
+        samples = vae.generate(z)  # the same codes each epoch, and the run's own RNG untouched
         scores = image_set_scores(self.judge.to(pl_module.device), real, samples)
         metrics = {f"quality/samples/{k}": v for k, v in scores.items()}
         for logger in trainer.loggers:

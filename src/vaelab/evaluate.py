@@ -34,7 +34,7 @@ from vaelab.module import VAEModule
 from vaelab.numbers import significant
 from vaelab.progress import Progress
 from vaelab.rundir import records
-from vaelab.sample_quality import sample_quality
+from vaelab.sample_quality import MIN_SET, sample_quality
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def _label_names(datamodule) -> list[str] | None:
 
 def _load_split(cfg: DictConfig, image_shape: tuple) -> tuple[object, dict]:
     datamodule = instantiate(cfg.dataset)
-    split = datamodule.load_splits()[cfg.eval.split]
+    datamodule.splits = datamodule.load_splits()  # kept: the judge and the ex-post prior read it too
+    split = datamodule.splits[cfg.eval.split]
     if cfg.eval.split == "train" and datamodule.binarize:  # training draws fresh 0/1 images each
         # step from the grey ones; a Bernoulli likelihood is scored on one fixed draw, as val/test
         split = {**split, "images": datamodule.fixed_binarization("train", split["images"])}
@@ -202,6 +203,9 @@ def _quality(cfg: DictConfig, vae, datamodule, split: str, expost: GaussianMixtu
     other = "test" if split == "val" else "val"
     test, held_out = splits[split]["images"], splits[other]["images"]
     n = min(ev.quality_n, len(test), len(held_out))
+    if n < MIN_SET:
+        log.warning("no sample-quality numbers: %d images per set, fewer than %d", n, MIN_SET)
+        return {}
     torch.manual_seed(ev.seed)
     samplers = {} if expost is None else {"expost": _expost_sampler(vae, expost, ev.seed)}
     sets = 3 + len(samplers)
@@ -317,7 +321,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     start = time.perf_counter()
     ckpt = load_checkpoint(cfg.ckpt_path)
     cfg = eval_config(cfg, overrides)
-    validate(cfg)  # training and eval fields alike: vaelab.config.RULES
+    validate(cfg, hardware=False)  # training and eval fields alike: vaelab.config.RULES
     shown = OmegaConf.masked_copy(
         cfg, ["ckpt_path", "run_dir", "seed", "dataset", "eval", "figures", "fid", "paths"]
     )

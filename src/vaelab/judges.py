@@ -20,9 +20,11 @@ from torch.nn import functional as F
 from vaelab.data.base import to_unit_float
 from vaelab.data.cache import cache_key, load_or_build
 from vaelab.errors import UserError
+from vaelab.progress import Progress
 
 log = logging.getLogger(__name__)
 
+SKIP = "callbacks.sample_quality=null skips it in training, eval.quality=false in src/eval.py"
 JUDGE_VERSION = 1  # bump when the network or its training changes: cached judges are rebuilt
 FEATURES = 128
 
@@ -101,7 +103,9 @@ def train_judge(
 ) -> tuple[Judge, float]:
     """A judge fitted on ``splits["train"]`` (Adam, one-cycle schedule, random shifts of up to
     ``shift`` pixels), and its accuracy on ``splits["test"]``."""
-    with torch.random.fork_rng(devices=[]):  # a run's own random stream is left as it was
+    device = splits["train"]["images"].device
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # a run's own random streams are left as they were
         torch.manual_seed(seed)
         return _fit(splits, seed, epochs, batch_size, shift)
 
@@ -114,14 +118,17 @@ def _fit(splits: dict, seed: int, epochs: int, batch_size: int, shift: int) -> t
     optimizer = torch.optim.Adam(judge.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
     judge.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(images), generator=generator).to(images.device).split(batch_size):
-            x = _shift(to_unit_float(images[idx]), generator, shift)
-            loss = judge.loss(judge(x), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    label = f"training the sample-quality judge (once per dataset, then cached; {SKIP})"
+    with Progress(steps, label, "steps") as bar:
+        for _ in range(epochs):
+            for idx in torch.randperm(len(images), generator=generator).to(images.device).split(batch_size):
+                x = _shift(to_unit_float(images[idx]), generator, shift)
+                loss = judge.loss(judge(x), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.update()
     return judge.eval(), accuracy(judge, splits["test"]["images"], splits["test"]["labels"])
 
 
@@ -140,7 +147,13 @@ def load_or_train_judge(datamodule, seed: int = 0, epochs: int = 4) -> tuple[Jud
     splits = datamodule.splits or datamodule.load_splits()
     labels = splits["train"]["labels"]
     outputs, multi_label = _label_kind(labels)
-    key = cache_key(data=datamodule.cache_params(), judge=JUDGE_VERSION, seed=seed, epochs=epochs)
+    key = cache_key(
+        data=datamodule.cache_params(),
+        binarized_test=datamodule.binarize,
+        judge=JUDGE_VERSION,
+        seed=seed,
+        epochs=epochs,
+    )
 
     def build() -> dict[str, Tensor]:
         log.info(

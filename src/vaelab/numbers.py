@@ -1,7 +1,7 @@
 """How vaelab prints a metric: four significant digits, never an exponent a reader must decode.
 
 ``f"{v:.4g}"`` turns an ELBO of 12,345 nats into ``1.235e+04``; a log line is read by people,
-so values from 0.001 up to 10¹⁵ print positionally (``12345``, ``335.8``, ``0.01230``) and
+so values from 0.001 up to 10¹⁵ print positionally (``12350``, ``335.8``, ``0.01230``) and
 only the very small or very large fall back to scientific notation.
 """
 
@@ -13,7 +13,8 @@ DIGITS = 4
 
 
 def significant(value: float | None, digits: int = DIGITS) -> str:
-    """``value`` with ``digits`` significant digits (integers with more digits stay whole)."""
+    """``value`` rounded to ``digits`` significant digits, written without an exponent in
+    everyday ranges (12345.6 → ``12350``)."""
     if value is None:
         return "n/a"
     v = float(value)

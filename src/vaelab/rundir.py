@@ -37,6 +37,8 @@ RECORD = ".hydra"  # Hydra's default output_subdir: the run's first record
 RESUME = "resume-"  # each resume's record: .hydra/resume-1, .hydra/resume-2, ...
 # processes that are not the first of a job started separately (torchrun, srun, several nodes)
 _RANK_VARS = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+# run folders named on the command line that existed before Hydra ran: a failed start never removes them
+EXISTING: set[Path] = set()
 
 
 # -- which checkpoint, which run -----------------------------------------------------------------
@@ -126,7 +128,13 @@ def _recorded(run: Path) -> list:
     found = records(run)
     lines = [str(line) for line in OmegaConf.load(found[-1] / "overrides.yaml")] if found else []
     skip = ("ckpt_path", "hydra.", "hydra/")
-    return [o for o in _parse(lines) or [] if not o.key_or_group.startswith(skip)]
+    parsed = _parse(lines)
+    if parsed is None:
+        log.warning(
+            "cannot parse the overrides recorded in %s; resuming with this command's overrides only",
+            found[-1] / "overrides.yaml",
+        )
+    return [o for o in parsed or [] if not o.key_or_group.startswith(skip)]
 
 
 def _secondary_process() -> bool:
@@ -144,6 +152,8 @@ def resume_args(args: list[str], conf_dir: Path, config_name: str = "train") -> 
     if not at or parsed is None:
         return args
     values = {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
+    if values.get("hydra.run.dir") is not None and Path(str(values["hydra.run.dir"])).exists():
+        EXISTING.add(Path(str(values["hydra.run.dir"])).resolve())
     if values.get("ckpt_path") is None:
         return args
     run = _resumed_run(values, [args[i] for i in at], conf_dir, config_name)
@@ -231,9 +241,10 @@ def _remove_run(output_dir: Path, log_dir: Path | None) -> None:
     if log_dir is None:
         return
     log_dir, parent = Path(log_dir).resolve(), output_dir.resolve().parent
-    while parent != log_dir and log_dir in parent.parents and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
+    with contextlib.suppress(OSError):  # another run may be making its folder there right now
+        while parent != log_dir and log_dir in parent.parents and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 @contextlib.contextmanager
@@ -250,7 +261,7 @@ def discard_failed_attempt(
         yield
     except BaseException:
         if own_record is not None and _products(output_dir) == before:
-            if own_record == output_dir / RECORD and not before:
+            if own_record == output_dir / RECORD and not before and output_dir.resolve() not in EXISTING:
                 _remove_run(output_dir, log_dir)
             elif own_record != output_dir / RECORD:
                 shutil.rmtree(own_record, ignore_errors=True)

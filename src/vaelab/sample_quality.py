@@ -25,6 +25,7 @@ from vaelab.judges import FeatureExtractor, Judge
 
 CONFIDENCE = 0.9
 NEIGHBOURS = 3  # k of the k-NN balls of precision/recall (Kynkäänniemi et al. use 3)
+MIN_SET = NEIGHBOURS + 1  # images a set needs: each one's k-th nearest other image
 
 
 def confident_share(probs: Tensor, threshold: float = CONFIDENCE) -> float:
@@ -80,7 +81,7 @@ def frechet_distance(judge: Judge, real: Tensor, fake: Tensor, batch_size: int =
         normalize=True,
         input_img_size=tuple(real.shape[1:]),
         sync_on_compute=False,
-    )
+    ).to(real.device)
     for start in range(0, len(real), batch_size):
         metric.update(real[start : start + batch_size], real=True)
     for start in range(0, len(fake), batch_size):
@@ -116,9 +117,10 @@ def sample_quality(
     ``n`` test images (uint8). ``held_out`` must not be the test images (val, or train), else
     the floor is 0."""
     progress = progress or (lambda _: None)
-    judge = judge.to(next(vae.parameters()).device)
-    real = to_unit_float(test[:n])
-    other = to_unit_float(held_out[:n])
+    device = next(vae.parameters()).device
+    judge = judge.to(device)
+    real = to_unit_float(test[:n].to(device))
+    other = to_unit_float(held_out[:n].to(device))
     sets = {
         "samples": lambda: _decode_in_batches(lambda b: vae.sample(b, temperature=temperature), n),
         **{name: (lambda f=f: _decode_in_batches(f, n)) for name, f in (samplers or {}).items()},
