@@ -118,7 +118,7 @@ def _fit(splits: dict, seed: int, epochs: int, batch_size: int, shift: int) -> t
     optimizer = torch.optim.Adam(judge.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
     judge.train()
-    label = f"training the sample-quality judge (once per dataset, then cached; {SKIP})"
+    label = "training the sample-quality judge (once, then cached)"
     with Progress(steps, label, "steps") as bar:
         for _ in range(epochs):
             for idx in torch.randperm(len(images), generator=generator).to(images.device).split(batch_size):
@@ -156,9 +156,7 @@ def load_or_train_judge(datamodule, seed: int = 0, epochs: int = 4) -> tuple[Jud
     )
 
     def build() -> dict[str, Tensor]:
-        log.info(
-            "training the %s judge (%d epochs, seed %d): once, then cached", datamodule.name, epochs, seed
-        )
+        log.info("training the %s judge (%d epochs, seed %d; %s)", datamodule.name, epochs, seed, SKIP)
         start = time.perf_counter()
         judge, acc = train_judge(splits, seed, epochs)
         log.info(
