@@ -522,7 +522,7 @@ def test_on_the_gpu_a_nan_step_is_skipped_on_the_device_and_reported(tmp_path, m
 
 
 def _guard_host(lr=0.1):
-    trainer = SimpleNamespace(current_epoch=0, global_step=3, callbacks=[])
+    trainer = SimpleNamespace(current_epoch=0, global_step=3, callbacks=[], global_rank=0)
     hp = SimpleNamespace(lr=lr, likelihood="bernoulli", kl_warmup_steps=0)
     return SimpleNamespace(trainer=trainer, hparams=hp)
 
@@ -568,6 +568,25 @@ def test_under_ddp_every_rank_stops_when_one_found_a_bad_step():
     host.trainer.strategy.reduce_boolean_decision = lambda found, all: votes.append(found) or found
     check.raise_if_found(host)  # nobody found anything: the run goes on
     assert votes == [False, False]
+
+
+def test_a_rank_other_than_0_says_its_own_error_before_rank_0_can_stop_it(capsys):
+    host = _guard_host()
+    host.trainer.global_rank = 1
+    host.trainer.strategy = SimpleNamespace(reduce_boolean_decision=lambda found, all: found)
+    check = DeferredCheck(rows=4, across_ranks=True)
+    check.watch(torch.tensor(float("nan")), {"recon": torch.full((2,), float("nan")), "kl": torch.ones(2)})
+    net = torch.nn.Linear(3, 1)
+    net.weight.grad, net.bias.grad = torch.zeros(1, 3), torch.zeros(1)
+    check.before_optimizer_step(Adam(net.parameters(), lr=0.1), 3, host)
+    with pytest.raises(NonFiniteLossError) as err:
+        check.raise_if_found(host)
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.startswith("vaelab error: The training loss became NaN at step 3: the recon term")
+    assert err.value.reported  # exit_on_user_error will not print it a second time
+    with pytest.raises(SystemExit) as stop, exit_on_user_error():
+        raise err.value
+    assert stop.value.code == 2 and capsys.readouterr().err == ""
 
 
 def test_deferred_check_keeps_a_bad_micro_batch_of_an_accumulated_step():

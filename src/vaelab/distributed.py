@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import lightning.pytorch.strategies.launchers.subprocess_script as lightning_launcher
@@ -31,8 +29,6 @@ from vaelab.errors import UserError
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
 # hydra overrides that belong to the sweep or to the parent's folder, not to one rank of one job
 _NOT_FOR_CHILDREN = ("hydra.mode", "hydra.run", "hydra.sweep", "hydra/sweeper", "hydra.sweeper")
-# seconds the ranks a process started get to end by themselves after it failed (then: SIGKILL)
-CHILD_GRACE_S = 10.0
 _NOT_FOR_CHILDREN += ("hydra/launcher", "hydra.launcher", "hydra.job.name", "hydra.output_subdir")
 
 
@@ -98,7 +94,10 @@ def launch_scope(trainer) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        _stop_children(trainer)
+        # a child stuck in a collective would otherwise block until the process-group timeout
+        kill = getattr(trainer.strategy.launcher, "kill", None)
+        if callable(kill):
+            kill(signal.SIGKILL)
         raise
     finally:
         lightning_launcher._hydra_subprocess_cmd = original
@@ -112,21 +111,6 @@ def launch_scope(trainer) -> Iterator[None]:
             else:
                 os.environ[key] = value
         torch.set_num_threads(saved_threads)
-
-
-def _stop_children(trainer, grace_s: float = CHILD_GRACE_S) -> None:
-    """After an error on this rank: give the ranks it started ``grace_s`` to end by themselves,
-    since a stop all ranks agreed on (a NaN vote) ends them too, each with its own message (the
-    rank that found the NaN names the step and term); then kill the ones stuck in a collective,
-    which would otherwise wait for the process-group timeout."""
-    procs = getattr(trainer.strategy.launcher, "procs", [])
-    deadline = time.monotonic() + grace_s
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    kill = getattr(trainer.strategy.launcher, "kill", None)
-    if callable(kill) and any(proc.poll() is None for proc in procs):
-        kill(signal.SIGKILL)
 
 
 def check_run_dir(trainer) -> None:

@@ -34,11 +34,21 @@ def exit_on_user_error():
         _report_and_exit(err, str(err))
 
 
+def report_now(err: UserError) -> None:
+    """Print ``err``'s paragraph at once and mark it said. For a process that may be killed
+    before its error reaches the entry point: a DDP rank other than 0 that found a bad step is
+    stopped by rank 0, which ends its ranks as soon as it stops itself."""
+    print(format_error(str(err)), file=sys.stderr, flush=True)
+    err.reported = True
+
+
 def _report_and_exit(err: Exception, message: str) -> None:
-    """Print the one-paragraph message and exit 2; re-raise instead under HYDRA_FULL_ERROR=1."""
+    """Print the one-paragraph message (unless :func:`report_now` did) and exit 2; re-raise
+    instead under HYDRA_FULL_ERROR=1."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
-    print(format_error(message), file=sys.stderr, flush=True)
+    if not getattr(err, "reported", False):
+        print(format_error(message), file=sys.stderr, flush=True)
     sys.exit(2)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vaelab.errors import UserError
+from vaelab.errors import UserError, report_now
 
 TERMS = ("loss", "recon", "kl", "gradient")  # what DeferredCheck records per step
 
@@ -102,6 +102,8 @@ class DeferredCheck:
                 f"the term); this rank stopped with it at step {module.trainer.global_step}."
             )
         if error is not None:
+            if self.across_ranks and module.trainer.global_rank != 0:
+                report_now(error)  # rank 0 stops the others at once, so say it before it can
             raise error
 
     def _row_error(self, module, offset: int, row: list[float]) -> NonFiniteLossError | None:
