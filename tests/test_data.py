@@ -207,6 +207,25 @@ def test_batches_become_floats_in_unit_range_and_binarised_on_request(tmp_path):
     assert not torch.equal(draws[0], draws[1])  # dynamic: a fresh binarisation every step
 
 
+def test_training_batches_are_dequantised_and_evaluation_batches_are_not(tmp_path):
+    root = write_mnist(tmp_path / "d", n_train=60, n_test=10)
+    dm = _mnist(root, tmp_path, batch_size=8)
+    dm.setup()
+    images, labels = next(iter(dm.train_dataloader()))
+    torch.testing.assert_close(dm.on_after_batch_transfer((images, labels), 0)[0], images.float() / 255)
+
+    class Training:  # what Lightning's trainer reports while fitting
+        training = True
+
+    dm.trainer = Training()
+    x = dm.on_after_batch_transfer((images, labels), 0)[0]
+    assert torch.equal((x * 256).floor(), images.float())  # each value inside its 8-bit bin
+    assert 0.4 < float((x * 256 - images.float()).mean()) < 0.6  # u ~ U[0, 1): mean 1/2
+    assert not torch.equal(x, dm.on_after_batch_transfer((images, labels), 0)[0])  # fresh noise
+    dm.dequantize = False
+    torch.testing.assert_close(dm.on_after_batch_transfer((images, labels), 0)[0], images.float() / 255)
+
+
 # -- CelebA -----------------------------------------------------------------------
 def _celeba(root, tmp_path, **kw):
     return CelebADataModule(str(root), str(tmp_path / "cache"), decode_workers=1, **kw)

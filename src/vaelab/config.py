@@ -146,6 +146,7 @@ RULES: tuple[Rule, ...] = (
     positive_int("dataset.eval_batch_size", "500"),
     positive_int("dataset.val_size", "5000"),
     boolean("dataset.binarize"),
+    boolean("dataset.dequantize", "true"),
     boolean("dataset.download", "true"),
     Rule("dataset.seed", lambda v: v is None or _int(v), "a whole number or null", "42"),
     Rule(

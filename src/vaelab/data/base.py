@@ -36,6 +36,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         batch_size: int = 128,
         eval_batch_size: int = 500,
         binarize: bool = False,
+        dequantize: bool = True,
         seed: int = 0,
         on_device: bool | str = "auto",
         device_memory_fraction: float = 0.5,
@@ -44,7 +45,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         check_on_device(on_device, device_memory_fraction)
         self.root, self.cache_dir = str(root), str(cache_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.binarize, self.seed = binarize, seed
+        self.binarize, self.dequantize, self.seed = binarize, dequantize, seed
         self.on_device, self.device_memory_fraction = on_device, device_memory_fraction
         self.splits: dict[str, dict[str, Tensor]] = {}
         self.device = CPU  # where batches are served: the trainer's device, known at setup
@@ -151,9 +152,15 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Float images: training batches binarised afresh (``binarize``) or uniformly
+        dequantised, (k + u)/256 (``dequantize``): the density a Gaussian decoder fits is then
+        the one src/eval.py scores in bits/dim; validation and test batches are k/255."""
         images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        if training and self.dequantize and not self.binarize:
+            return dequantize_on_device(images), labels
         x = to_unit_float(images)
-        if self.binarize and self.trainer is not None and self.trainer.training:
+        if training and self.binarize:
             x = torch.bernoulli(x)
         return x, labels
 
@@ -161,6 +168,11 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
 def to_unit_float(images: Tensor) -> Tensor:
     """uint8 [0, 255] → float32 [0, 1], on whatever device the batch is."""
     return images.float().div_(255.0)
+
+
+def dequantize_on_device(images: Tensor) -> Tensor:
+    """uint8 k → (k + u)/256, u ~ U[0, 1), drawn where the batch is (no host round trip)."""
+    return images.float().add_(torch.rand(images.shape, device=images.device)).div_(256.0)
 
 
 def binarize_uint8(images: Tensor, seed: int) -> Tensor:
