@@ -9,7 +9,8 @@ from conftest import compose_config, tiny_overrides, write_mnist
 
 from vaelab.errors import UserError
 from vaelab.numbers import significant
-from vaelab.train import _first_process, run
+from vaelab.rundir import first_process
+from vaelab.train import run
 
 
 @pytest.mark.parametrize(
@@ -43,11 +44,11 @@ def test_metrics_print_with_four_significant_digits_and_no_exponent_in_everyday_
     ],
 )
 def test_only_the_first_process_of_a_run_counts_as_first(monkeypatch, env, first):
-    for key in ("RANK", "NODE_RANK", "GROUP_RANK", "SLURM_NODEID"):
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_NODEID"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert _first_process() is first
+    assert first_process() is first
 
 
 def test_the_config_tree_can_be_turned_off(tmp_path, capsys):

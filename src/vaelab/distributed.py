@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from vaelab.errors import UserError
+from vaelab.swept import override_key
 
 # what Lightning's launcher writes into os.environ (and torch.set_num_threads) for its children
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
@@ -52,10 +53,6 @@ def _config_flags(hc) -> list[str]:
     return flags
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def job_command(local_rank: int) -> tuple[list[str], str]:
     """Command and cwd for local rank ``local_rank`` of the current Hydra job (never a sweep).
 
@@ -65,7 +62,7 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
     from hydra.utils import get_original_cwd
 
     hc = HydraConfig.get()
-    hydra_overrides = [o for o in hc.overrides.hydra if not _key(o).startswith(_NOT_FOR_CHILDREN)]
+    hydra_overrides = [o for o in hc.overrides.hydra if not override_key(o).startswith(_NOT_FOR_CHILDREN)]
     node = os.environ.get("NODE_RANK", "0")
     command = [
         *_script(),

@@ -23,6 +23,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from vaelab.swept import override_key
 from vaelab.swept import swept_overrides as swept_items
 
 # the settings shown after the swept keys: column name -> config path
@@ -45,8 +46,8 @@ def swept_overrides() -> dict[str, str]:
     """A multirun job's swept overrides as {key: value} (:mod:`vaelab.swept`); {} otherwise."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return {}
-    pairs = (o.partition("=")[::2] for o in swept_items(list(HydraConfig.get().overrides.task)))
-    return {key.lstrip("+~"): value for key, value in pairs}
+    swept = swept_items(list(HydraConfig.get().overrides.task))
+    return {override_key(o): o.partition("=")[2] for o in swept}
 
 
 def _scalar(cfg: DictConfig, path: str, text: str | None = None) -> object:

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 LAST = "last.ckpt"
 RECORD = ".hydra"  # Hydra's default output_subdir: the run's first record
 RESUME = "resume-"  # each resume's record: .hydra/resume-1, .hydra/resume-2, ...
-# processes that are not the first of a job started separately (torchrun, srun, several nodes)
-_RANK_VARS = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+# set, and not 0, in every process but a run's first: torchrun, srun, Lightning's own ranks, and
+# a node started by hand (NODE_RANK=1) before Lightning has set RANK for it
+_RANK_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_NODEID")
 # run folders named on the command line that existed before Hydra ran: a failed start never removes them
 EXISTING: set[Path] = set()
 
@@ -137,8 +138,10 @@ def _recorded(run: Path) -> list:
     return [o for o in parsed or [] if not o.key_or_group.startswith(skip)]
 
 
-def _secondary_process() -> bool:
-    return any(os.environ.get(v, "0") not in ("", "0") for v in _RANK_VARS)
+def first_process() -> bool:
+    """Whether this is the run's first process (global rank 0), from the environment alone, so
+    it can be asked before Hydra or Lightning has run."""
+    return all(os.environ.get(v, "0") in ("", "0") for v in _RANK_VARS)
 
 
 def resume_args(args: list[str], conf_dir: Path, config_name: str = "train") -> list[str]:
@@ -170,7 +173,7 @@ def resume_args(args: list[str], conf_dir: Path, config_name: str = "train") -> 
     if "hydra.run.dir" not in values:
         added.append(f"hydra.run.dir={hydra_quote(run)}")
     if "hydra.output_subdir" not in values:
-        if _secondary_process():
+        if not first_process():
             added.append("hydra.output_subdir=null")  # the record is the first process's to write
         elif (target / RECORD / "config.yaml").is_file():
             added.append(f"hydra.output_subdir={next_record(target)}")

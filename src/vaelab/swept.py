@@ -37,7 +37,8 @@ class SweptKeys(Callback):
         os.environ.pop(ENV, None)
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key an override sets: ``latent_dim`` for ``+latent_dim=2``, ``~x`` and ``x=1``."""
     return override.partition("=")[0].lstrip("+~")
 
 
@@ -45,8 +46,8 @@ def swept_overrides(task: list[str]) -> list[str]:
     """The swept ones of a job's overrides (``hydra.overrides.task``), in their order."""
     if ENV in os.environ:  # set, perhaps empty: `-m latent_dim=2` sweeps nothing
         known = set(os.environ[ENV].split(","))
-        return [o for o in task if _key(o) in known]
-    return [o for o in task if not _key(o).startswith(NOT_SWEPT)]
+        return [o for o in task if override_key(o) in known]
+    return [o for o in task if not override_key(o).startswith(NOT_SWEPT)]
 
 
 def job_dirname(num: int, task: list[str]) -> str:

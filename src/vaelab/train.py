@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from vaelab.distributed import check_run_dir, launch_scope, scale_summary
 from vaelab.hparams import log_final_hparams
 from vaelab.numbers import significant
 from vaelab.resume import checkpoint_to_resume
+from vaelab.rundir import first_process
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,10 @@ def _route_lightning_logs_to_root() -> None:
             logging.getLogger(name).propagate = True
 
 
-def _first_process() -> bool:
-    """Rank 0 of the whole run. Lightning's ``rank_zero_only`` reads RANK/LOCAL_RANK, which a
-    node started by hand (NODE_RANK=1, Lightning launching its local ranks) does not have yet."""
-    if "RANK" in os.environ:
-        return os.environ["RANK"] == "0"
-    node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID", "0")))
-    return node == "0" and rank_zero_only.rank == 0
-
-
 def _show_config(cfg: DictConfig) -> None:
     """The config tree, once: on the first process, and in a sweep for its first job only (the
     others differ by their overrides, which the job's first log line names)."""
-    if not cfg.get("print_config", True) or not _first_process():
+    if not cfg.get("print_config", True) or not (first_process() and rank_zero_only.rank == 0):
         return
     hc = HydraConfig.get() if HydraConfig.initialized() else None
     if hc is not None and hc.mode == RunMode.MULTIRUN and hc.job.num > 0:
