@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
 from vaelab.grids import interpolation_grid, reconstruction_grid, sample_grid
 from vaelab.judges import Judge, load_or_train_judge
@@ -101,7 +102,7 @@ class SampleQuality(L.Callback):
             return
         vae = pl_module.vae
         val = trainer.datamodule.splits["val"]["images"][: self.n]
-        real = val.to(pl_module.device).float() / 255
+        real = to_unit_float(val.to(pl_module.device))
         if len(real) < MIN_SET:
             return
         z = vae.prior_sample(len(real), generator=torch.Generator().manual_seed(self.seed))

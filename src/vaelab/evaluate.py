@@ -169,7 +169,7 @@ def _expost_prior(cfg: DictConfig, vae, datamodule) -> GaussianMixture | None:
     k = cfg.eval.expost_components
     if not k:
         return None
-    train = (datamodule.splits or datamodule.load_splits())["train"]["images"]
+    train = datamodule.splits["train"]["images"]  # loaded by _load_split
     if datamodule.binarize:  # the model saw 0/1 images
         train = datamodule.fixed_binarization("train", train)
     device, means = next(vae.parameters()).device, []
@@ -199,9 +199,8 @@ def _quality(cfg: DictConfig, vae, datamodule, split: str, expost: GaussianMixtu
     except UserError as err:
         log.warning("no sample-quality numbers: %s", err)
         return {}
-    splits = datamodule.splits or datamodule.load_splits()
     other = "test" if split == "val" else "val"
-    test, held_out = splits[split]["images"], splits[other]["images"]
+    test, held_out = datamodule.splits[split]["images"], datamodule.splits[other]["images"]
     n = min(ev.quality_n, len(test), len(held_out))
     if n < MIN_SET:
         log.warning("no sample-quality numbers: %d images per set, fewer than %d", n, MIN_SET)

@@ -141,6 +141,13 @@ def _shift(x: Tensor, generator: torch.Generator, pixels: int) -> Tensor:
     return torch.roll(F.pad(x, [pixels] * 4), (dy, dx), dims=(2, 3))[..., pixels:-pixels, pixels:-pixels]
 
 
+def _data_key(datamodule) -> object:
+    """What the judge's cache key takes from the data: the data cache's file name, which already
+    holds the data's own key (fingerprinting CelebA's 200,000 JPEGs again costs seconds), else
+    the sources' fingerprints."""
+    return datamodule.cache_file.name if datamodule.cache_file is not None else datamodule.cache_params()
+
+
 def load_or_train_judge(datamodule, seed: int = 0, epochs: int = 4) -> tuple[Judge, float]:
     """The dataset's judge, trained on first use (about a minute for MNIST on a 2-core CPU) and
     cached in ``paths.cache_dir`` next to the data; (judge, its test accuracy)."""
@@ -148,7 +155,7 @@ def load_or_train_judge(datamodule, seed: int = 0, epochs: int = 4) -> tuple[Jud
     labels = splits["train"]["labels"]
     outputs, multi_label = _label_kind(labels)
     key = cache_key(
-        data=datamodule.cache_params(),
+        data=_data_key(datamodule),
         binarized_test=datamodule.binarize,
         judge=JUDGE_VERSION,
         seed=seed,
