@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from vaelab import elbo
+from vaelab.model import elbo
 
 
 @pytest.fixture

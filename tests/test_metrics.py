@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from vaelab import elbo
+from vaelab.model import elbo
 from vaelab.metrics import (
     FID_HOWTO,
     DataModel,

@@ -48,10 +48,9 @@ SAFE_GLOBALS = [
     pathlib.WindowsPath,
 ]
 
-# Hyper-parameters that decide the network's shape and meaning: a checkpoint only fits a model
-# built with the same values (lr, beta, warm-up may change between runs).
-STRUCTURE = ("image_shape", "latent_dim", "net", "likelihood", "learn_sigma")
-NET_STRUCTURE = {"mlp": ("hidden_dims",), "conv": ("channels",)}
+# Hyper-parameters that build the VAE, each part whole: a checkpoint only fits a model built with
+# the same values (the objective, optimiser and schedule may change between runs).
+STRUCTURE = ("image_shape", "latent_dims", "net", "top_net", "likelihood", "prior", "conditional")
 ZIP_MAGIC, PICKLE_MAGIC = b"PK", b"\x80"  # torch.save's zip format; a legacy pickle (protocol ≥ 2)
 USE_INSTEAD = "Use a .ckpt from a vaelab run's checkpoints/ folder (last.ckpt or the best one)."
 
@@ -120,7 +119,7 @@ def _not_a_checkpoint(path: Path, err: Exception) -> str:
 def check_fits(ckpt: dict, model: torch.nn.Module, path: str | Path) -> None:
     """Raise :class:`UserError` unless ``ckpt`` was trained with ``model``'s structure."""
     saved, wanted = ckpt.get("hyper_parameters") or {}, dict(getattr(model, "hparams", {}))
-    keys = STRUCTURE + NET_STRUCTURE.get(wanted.get("net"), ())
+    keys = STRUCTURE
     diffs = [
         f"{k}={_plain(saved[k])} in the checkpoint but {_plain(wanted[k])} here"
         for k in keys
@@ -184,26 +183,3 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return load_checkpoint(path, map_location=map_location or "cpu")
-
-
-AUTOMATIC_STEPS = "epoch_loop.automatic_optimization.optim_progress"
-MANUAL_STEPS = "epoch_loop.manual_optimization.optim_step_progress"
-
-
-def carry_step_count(checkpoint: dict, manual: bool) -> None:
-    """Give the step counter of the loop about to run the steps the checkpoint counted in the other.
-
-    Lightning keeps separate counters for its automatic and manual optimisation loops and
-    restores each from its own; :class:`vaelab.module.VAEModule` switches between them when
-    gradient clipping or accumulation is turned on or off (and older vaelab checkpoints were all
-    automatic), so without this a resumed run would restart at step 0, or, after two switches,
-    at the step of the first.
-    """
-    loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    if AUTOMATIC_STEPS not in loop or MANUAL_STEPS not in loop:
-        return
-    automatic = loop[AUTOMATIC_STEPS]["optimizer"]["step"]
-    source, target = (automatic, loop[MANUAL_STEPS]) if manual else (loop[MANUAL_STEPS], automatic)
-    if source["total"]["completed"] > target["total"]["completed"]:  # the other one is stale
-        for part in ("total", "current"):
-            target[part].update(source[part])

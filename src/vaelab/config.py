@@ -9,7 +9,6 @@ checked here too, so no bad input reaches a constructor and comes back as a trac
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 import numbers
 from collections.abc import Callable, Iterator
@@ -21,8 +20,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vaelab.data.base import SPLITS
 from vaelab.errors import UserError
-from vaelab.likelihoods import LIKELIHOODS
-from vaelab.nets import NETS
+from vaelab.model.parts import accepted_keys
 
 
 def _num(x) -> bool:
@@ -126,17 +124,8 @@ RULES: tuple[Rule, ...] = (
     boolean("print_config", "false"),
     text("ckpt_path", "last", nullable=True),
     Rule("threads", lambda v: v == "auto" or (_int(v) and v > 0), "auto or a whole number > 0", "auto"),
-    # -- model --------------------------------------------------------------------
-    number("model.lr", "1e-3"),
-    number("model.weight_decay", "0", include_low=True),
-    number("model.beta", "1.0", include_low=True),
-    number("model.sigma", "0.1"),
-    whole("model.kl_warmup_steps", 0, "0"),
-    boolean("model.learn_sigma"),
-    one_of("model.likelihood", LIKELIHOODS),
-    one_of("model.net", NETS),
-    int_list("model.hidden_dims", "[400]"),
-    int_list("model.channels", "[32,64,128,256]"),
+    # -- model (each part's own options are checked by the part itself) ------------
+    boolean("model.conditional"),
     boolean("model.compile"),
     boolean("model.channels_last"),
     # -- dataset ------------------------------------------------------------------
@@ -295,33 +284,13 @@ def validate(cfg: DictConfig, hardware: bool = True) -> None:
 # -- keys the target does not take ---------------------------------------------------
 def _instantiated_nodes(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
     """(path, node) of every config node that becomes an object through its ``_target_``."""
-    candidates = [(g, cfg.get(g)) for g in ("dataset", "model", "trainer", "logger")]
+    candidates = [(g, cfg.get(g)) for g in ("dataset", "model", "trainer", "logger", *PART_GROUPS)]
     callbacks = cfg.get("callbacks")
     if isinstance(callbacks, DictConfig):
         candidates += [(f"callbacks.{name}", node) for name, node in callbacks.items_ex(resolve=False)]
     for path, node in candidates:
         if isinstance(node, DictConfig) and "_target_" in node:
             yield path, node
-
-
-def accepted_keys(target) -> set[str] | None:
-    """Keyword names ``target`` takes; None when it takes any (``**kwargs`` passed elsewhere).
-
-    vaelab's own classes pass ``**kw`` up to their base class, so those are followed up the MRO.
-    """
-    if not isinstance(target, type):
-        chain = [target]
-    else:
-        chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
-    names: set[str] = set()
-    for fn in chain:
-        params = inspect.signature(fn).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return names - {"self"}
-        if not getattr(target, "__module__", "").startswith("vaelab."):
-            return None
-    return None
 
 
 def _unknown_key_problems(cfg: DictConfig) -> list[str]:
@@ -336,6 +305,7 @@ def _unknown_key_problems(cfg: DictConfig) -> list[str]:
         valid = accepted_keys(target)
         if valid is None:
             continue
+        valid |= set(SCHEDULER_KEYS) if path == "scheduler" else set()
         for key in sorted(set(node.keys()) - valid - HYDRA_KEYS):
             out.append(f"{path}.{key} is not a setting of {target_name}: {_valid_keys_hint(key, valid)}")
     return out
@@ -367,20 +337,38 @@ def _valid_keys_hint(key: str, valid: set[str]) -> str:
     return "check the spelling (`--cfg job` prints every key of the composed config)."
 
 
+# -- the model's parts ----------------------------------------------------------------
+PART_GROUPS = ("net", "likelihood", "prior", "objective", "optimizer", "scheduler")
+SCHEDULER_KEYS = ("interval", "frequency", "monitor")  # how Lightning steps it, not the scheduler's own
+
+
+def _part_spec_problems(cfg: DictConfig) -> list[str]:
+    """model.<part> must stay a spec (a mapping with _target_): ``model.likelihood=bernoulli``
+    (the spelling before parts were groups) would replace it by a string."""
+    out = []
+    for key in (*PART_GROUPS, "top_net"):
+        value = _get(cfg, f"model.{key}")
+        if value is _MISSING or value is None and key in ("scheduler", "top_net"):
+            continue
+        if not (OmegaConf.is_dict(value) and "_target_" in value):
+            group = "net" if key == "top_net" else key
+            out.append(
+                f"model.{key}={value!r} is not a {group} spec: parts are chosen with their own config "
+                f"group now, {group}=<option> (the files in conf/{group}), and set with {group}.<option>=…"
+            )
+    return out
+
+
 # -- values that are fine alone but not together ---------------------------------------
 def _combination_problems(cfg: DictConfig) -> list[str]:
     out = []
-    likelihood = _get(cfg, "model.likelihood")
+    out += _part_spec_problems(cfg)
+    likelihood = str(_get(cfg, "likelihood._target_"))
     celeba = "CelebA" in str(_get(cfg, "dataset._target_"))
-    if likelihood == "bernoulli" and celeba and _get(cfg, "dataset.binarize") is not True:
+    if likelihood.endswith(".Bernoulli") and celeba and _get(cfg, "dataset.binarize") is not True:
         out.append(
-            "model.likelihood=bernoulli needs binary pixels, but CelebA is colour in [0, 1]: "
-            "use model.likelihood=gaussian, or binarise with dataset.binarize=true."
-        )
-    if likelihood == "bernoulli" and _get(cfg, "model.learn_sigma") is True:
-        out.append(
-            "model.learn_sigma=true needs model.likelihood=gaussian (σ is the Gaussian decoder's "
-            "noise; a Bernoulli decoder has none): drop model.learn_sigma or use the Gaussian decoder."
+            "likelihood=bernoulli needs binary pixels, but CelebA is colour in [0, 1]: use likelihood="
+            "gaussian (or gaussian_learned, logistic_mixture), or binarise with dataset.binarize=true."
         )
     max_epochs, max_steps = _get(cfg, "trainer.max_epochs"), _get(cfg, "trainer.max_steps")
     if max_epochs == -1 and not (_int(max_steps) and max_steps > 0):

@@ -270,15 +270,16 @@ def format_table(m: dict) -> str:
     return "\n".join(rows)
 
 
-def _numbers(cfg: DictConfig, vae, images, likelihood: str) -> tuple[dict, object]:
+def _numbers(cfg: DictConfig, vae, split: dict) -> tuple[dict, object]:
     """Likelihood metrics, active units and FID; also the posterior means for the figures."""
-    ev = cfg.eval
-    data = DataModel.for_likelihood(likelihood, images)
+    ev, images = cfg.eval, split["images"]
+    labels = split.get("labels") if vae.n_conditions else None
+    data = DataModel.for_likelihood(vae.likelihood.data, images)
     torch.manual_seed(ev.seed)
     gen = torch.Generator().manual_seed(ev.seed)
     with Progress(len(images), f"log p(x), importance sampling with k={ev.k}", "images") as bar:
         metrics, mu = likelihood_metrics(
-            vae, images, data, ev.k, ev.batch_size, ev.max_decodes, ev.active_threshold, gen, bar.update
+            vae, images, labels, data, ev.k, ev.batch_size, ev.max_decodes, ev.active_threshold, gen, bar.update
         )
     metrics.update(
         _fid(vae, images, cfg.fid, ev.batch_size),
@@ -328,7 +329,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     hp = ckpt["hyper_parameters"]
     vae = model_from_checkpoint(ckpt).to(_device(cfg.eval.device))
     datamodule, split = _load_split(cfg, hp["image_shape"])
-    metrics, mu = _numbers(cfg, vae, split["images"], hp["likelihood"])
+    metrics, mu = _numbers(cfg, vae, split)
     expost = _expost_prior(cfg, vae, datamodule)
     metrics.update(_quality(cfg, vae, datamodule, cfg.eval.split, expost))
     figures = _pictures(cfg, vae, split, mu, _label_names(datamodule), expost)

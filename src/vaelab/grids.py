@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from vaelab.vae import VAE
+from vaelab.model.vae import VAE
 
 
 @torch.no_grad()

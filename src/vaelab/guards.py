@@ -20,8 +20,6 @@ from torch import Tensor
 
 from vaelab.errors import UserError, report_now
 
-TERMS = ("loss", "recon", "kl", "gradient")  # what DeferredCheck records per step
-
 
 class NonFiniteLossError(UserError):
     """The training loss (or its gradient) became NaN or ±inf."""
@@ -41,8 +39,8 @@ class DeferredCheck:
     ``watch`` (training step) keeps the loss and whether each term is finite, on the device;
     ``before_optimizer_step`` checks the gradients, sets the optimiser's ``found_inf`` (from the
     gradients alone under DDP, where they are identical on all ranks after the all-reduce, so
-    all ranks skip together) and writes a row [loss, recon ok, kl ok, gradient ok, skipped] of a
-    small device buffer. ``raise_if_found`` reads the buffer: the module calls it where the host
+    all ranks skip together) and writes a row [loss, one "ok" per term of the objective, gradient
+    ok, skipped] of a small device buffer. ``raise_if_found`` reads the buffer: the module calls it where the host
     syncs anyway, and it runs by itself when the buffer is full.
     """
 
@@ -52,9 +50,12 @@ class DeferredCheck:
         self._buffer: Tensor | None = None
         self._one: Tensor | None = None  # the unit "scale" GradScaler's kernel wants
         self._first_step, self._filled = 0, 0
+        self._names: list[str] = []  # the objective's terms, then "gradient": one column each
 
     def watch(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
-        finite = [torch.isfinite(terms[name].detach()).all().float() for name in TERMS[1:3]]
+        if not self._names:
+            self._names = [*terms, "gradient"]
+        finite = [torch.isfinite(terms[name].detach()).all().float() for name in self._names[:-1]]
         step = [loss.detach().float(), *finite]
         if self._pending is not None:  # accumulated micro-batches: a non-finite one taints the sum
             step = [
@@ -77,7 +78,7 @@ class DeferredCheck:
         )
         optimizer.found_inf = skip
         if self._buffer is None:
-            self._buffer = loss.new_zeros(self.rows, len(TERMS) + 1)
+            self._buffer = loss.new_zeros(self.rows, len(self._names) + 2)
         if self._filled == 0:
             self._first_step = step
         torch.stack([*self._pending, 1 - grads_bad, skip], out=self._buffer[self._filled])
@@ -110,7 +111,7 @@ class DeferredCheck:
         loss, *ok, skipped = row
         if math.isfinite(loss) and all(ok):
             return None
-        bad = [name for name, fine in zip(TERMS[1:], ok, strict=True) if not fine]
+        bad = [name for name, fine in zip(self._names, ok, strict=True) if not fine]
         return _error(module, self._first_step + offset, loss, bad, skipped=bool(skipped))
 
 
@@ -170,13 +171,14 @@ def _last_checkpoint(trainer) -> str:
 
 
 def _suggestions(hp) -> str:
-    tips = [f"a lower model.lr (now {hp.lr:g})", "gradient clipping (trainer.gradient_clip_val=1.0)"]
-    if hp.likelihood == "gaussian":
-        tips.append(
-            f"a larger model.sigma (now {hp.sigma:g})"
-            + (" or model.learn_sigma=false" if hp.learn_sigma else "")
-        )
-    if hp.kl_warmup_steps == 0:
-        tips.append("a KL warm-up (model.kl_warmup_steps=1000)")
+    """What to try, in the spellings of the run's own config groups."""
+    lr = (hp.get("optimizer") or {}).get("lr")
+    tips = [f"a lower optimizer.lr{f' (now {lr:g})' if lr is not None else ''}"]
+    tips.append("gradient clipping (trainer.gradient_clip_val=1.0)")
+    likelihood = hp.get("likelihood") or {}
+    if "sigma" in likelihood:
+        tips.append(f"a larger likelihood.sigma (now {likelihood['sigma']:g})")
+    if (hp.get("objective") or {}).get("warmup_steps") == 0:
+        tips.append("a KL warm-up (objective.warmup_steps=1000)")
     tips.append("full precision (trainer.precision=32-true) if you use 16-bit")
     return ", ".join(tips)

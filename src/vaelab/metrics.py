@@ -1,7 +1,7 @@
 """Evaluation numbers of a trained VAE: ELBO terms, the importance-weighted log-likelihood,
 bits/dim and active units.
 
-The math is :mod:`vaelab.elbo`'s; this module only draws the samples, in chunks so that memory
+The math is :mod:`vaelab.model.elbo`'s; this module only draws the samples, in chunks so that memory
 stays bounded however large k is, and turns nats into the units papers report.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vaelab import elbo
+from vaelab.model import elbo
 from vaelab.data.base import to_unit_float
 
 LN2 = math.log(2.0)
@@ -38,14 +38,17 @@ def is_binary(images: Tensor) -> bool:
 class DataModel:
     """How the evaluation data are prepared and what bits/dim means for them."""
 
-    dequantized: bool  # Gaussian decoder: continuous density on (k + u)/256
-    discrete: bool  # Bernoulli decoder on binary pixels: a probability mass
+    dequantized: bool  # a density: scored on (k + u)/256
+    discrete: bool  # a probability mass on the values as they are (binary or 8-bit)
     note: str  # one line for the report: which bits/dim formula applies
 
     @classmethod
-    def for_likelihood(cls, likelihood: str, images: Tensor) -> DataModel:
-        if likelihood == "gaussian":
-            return cls(True, False, "Gaussian decoder on uniformly dequantised 8-bit data: NLL/(D ln 2) + 8")
+    def for_likelihood(cls, kind: str, images: Tensor) -> DataModel:
+        """``kind`` is the likelihood's ``data`` (see :mod:`vaelab.model.likelihoods.base`)."""
+        if kind == "continuous":
+            return cls(True, False, "density on uniformly dequantised 8-bit data: NLL/(D ln 2) + 8")
+        if kind == "discrete":
+            return cls(False, True, "probability mass on the 8-bit values (discretized): NLL/(D ln 2)")
         if is_binary(images):
             return cls(False, True, "Bernoulli decoder on binary pixels (discrete data): NLL/(D ln 2)")
         return cls(
@@ -64,6 +67,12 @@ class DataModel:
         return bits_per_dim(nll, n_dims, self.dequantized)
 
 
+def bits_per_dim(self, nll: float, n_dims: int) -> float | None:
+        if not (self.dequantized or self.discrete):
+            return None
+        return bits_per_dim(nll, n_dims, self.dequantized)
+
+
 def bits_per_dim(nll: float, n_dims: int, dequantized_8bit: bool) -> float:
     """Bits per dimension from an NLL in nats per example.
 
@@ -74,47 +83,32 @@ def bits_per_dim(nll: float, n_dims: int, dequantized_8bit: bool) -> float:
 
 
 # -- the importance-weighted estimate ------------------------------------------------------------
-def importance_samples(
-    vae, x: Tensor, mu: Tensor, logvar: Tensor, k: int, max_decodes: int
-) -> tuple[Tensor, Tensor]:
-    """(log p(x|z_i), log w_i), each (k, B) in float64, for z_i ~ q(z|x) = N(μ, diag σ²).
-
-    log w_i = log p(x|z_i) + log p(z_i) − log q(z_i|x). The decoder sees at most
-    ``max_decodes`` (sample, image) pairs at a time, which bounds memory for any k.
-    """
-    batch = x.shape[0]
-    per_chunk = max(1, max_decodes // batch)
-    log_px, log_w = [], []
-    for start in range(0, k, per_chunk):
-        s = min(per_chunk, k - start)
-        z = elbo.reparameterize(mu, logvar, n_samples=s)  # (s, B, D)
-        logits = vae.decode(z.flatten(0, 1))
-        targets = x.unsqueeze(0).expand(s, *x.shape).flatten(0, 1)
-        lp = vae.likelihood.log_prob(targets, logits).view(s, batch).double()
-        prior = elbo.standard_normal_log_density(z).double()
-        posterior = elbo.gaussian_log_density(z, mu, logvar).double()
-        log_px.append(lp)
-        log_w.append(lp + prior - posterior)
-    return torch.cat(log_px), torch.cat(log_w)
-
-
 @torch.no_grad()
-def batch_terms(vae, x: Tensor, k: int, max_decodes: int) -> dict[str, Tensor]:
-    """Per-example terms of one batch (nats, float64) and the posterior means μ.
+def batch_terms(vae, x: Tensor, y: Tensor | None, k: int, max_decodes: int) -> dict[str, Tensor]:
+    """Per-example terms of one batch (nats, float64) and the top layer's posterior means μ.
 
-    recon averages log p(x|z) over the k importance samples; KL is closed form; the IWAE
-    bound reuses the same samples, so IWAE ≥ ELBO up to the KL's Monte-Carlo noise.
+    The k importance samples z_i ~ q(z|x) are drawn in chunks of at most ``max_decodes``
+    (sample, image) pairs, which bounds memory for any k; log w_i = log p(x, z_i) − log q(z_i|x)
+    over every stochastic layer. recon averages log p(x|z_i); the KL is closed form where the
+    model has one, else the Monte-Carlo mean of log q − log p over the same samples; the IWAE
+    bound reuses them too, so IWAE ≥ ELBO up to the KL's Monte-Carlo noise.
     """
-    mu, logvar = vae.encode(x)
-    log_px, log_w = importance_samples(vae, x, mu, logvar, k, max_decodes)
+    per_chunk = max(1, max_decodes // x.shape[0])
+    log_px, log_w, kl = [], [], None
+    for start in range(0, k, per_chunk):
+        out = vae(x, y, k=min(per_chunk, k - start))
+        log_px.append(out.log_px.double())
+        log_w.append(out.log_w.double())
+        kl = out.kl
+    log_px, log_w = torch.cat(log_px), torch.cat(log_w)
     recon = log_px.mean(dim=0)
-    kl = elbo.kl_standard_normal(mu, logvar).double()
+    kl = kl.double() if kl is not None else (log_px - log_w).mean(dim=0)
     return {
         "recon": recon,
         "kl": kl,
         "elbo": elbo.elbo(recon, kl),
         "iwae": elbo.iwae_bound(log_w),
-        "mu": mu,
+        "mu": vae.encode(x, y)[0],
     }
 
 
@@ -128,6 +122,7 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
 def likelihood_metrics(
     vae,
     images: Tensor,
+    labels: Tensor | None,
     data: DataModel,
     k: int,
     batch_size: int,
@@ -146,7 +141,8 @@ def likelihood_metrics(
     mus = []
     for start in range(0, len(images), batch_size):
         x = data.prepare(images[start : start + batch_size], generator).to(device)
-        terms = batch_terms(vae, x, k, max_decodes)
+        y = None if labels is None else labels[start : start + batch_size].to(device)
+        terms = batch_terms(vae, x, y, k, max_decodes)
         for key in sums:
             sums[key] += float(terms[key].sum())
         mus.append(terms["mu"].cpu())

@@ -1,109 +1,111 @@
-"""VAEModule: the LightningModule that trains a :class:`VAE` by maximising the (β-)ELBO.
+"""VAEModule: the LightningModule that trains a composed :class:`~vaelab.model.vae.VAE`.
 
-The loss is the negative β-ELBO per example (nats, batch mean). The module runs its own
-optimisation step (zero_grad, backward, fused Adam step) unless a trainer option needs
-Lightning's loop (see :attr:`VAEModule.automatic_optimization`). Logged names:
-``train/loss``, ``train/elbo``, ``train/recon``, ``train/kl`` (+ ``train/sigma`` for a
-learned decoder σ, ``train/beta`` during KL warm-up) and the same under ``val/`` and
-``test/``, synchronised across DDP ranks at epoch end.
+The VAE's parts (network, likelihood, prior), the objective, the optimiser and an optional LR
+scheduler arrive as ``_target_`` specs (``conf/model``, ``conf/net``, … with ``_recursive_:
+false``) and are stored as plain hyper-parameters, so a checkpoint alone rebuilds the model.
+Lightning's automatic optimisation runs every step (clipping, accumulation and schedulers are
+Lightning's). Logged names: ``train/loss`` and each of the objective's terms (``recon``, ``kl``,
+``elbo``, …) per step, the same under ``val/`` and ``test/`` as epoch means synchronised across
+DDP ranks, plus step scalars such as ``train/beta`` during warm-up and ``train/sigma`` for a
+learned decoder σ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import lightning as L
-from lightning.pytorch.callbacks import GradientAccumulationScheduler
+from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
-from vaelab.checkpoints import carry_step_count
+from vaelab.errors import UserError
 from vaelab.guards import DeferredCheck, check_finite_loss
-from vaelab.nets.conv import use_channels_last
-from vaelab.optim import Adam, fused_allowed
-from vaelab.vae import VAE
+from vaelab.model.nets.conv import use_channels_last
+from vaelab.model.parts import accepted_keys, build, target_of
+from vaelab.model.vae import VAE
+from vaelab.optim import fused_allowed
+
+SCHEDULER_DEFAULTS = {"interval": "epoch", "frequency": 1, "monitor": "val/loss"}
+
+
+def _plain(value):
+    """Specs as plain dicts and lists: what a ``weights_only`` checkpoint stores and loads."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 class VAEModule(L.LightningModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
-        latent_dim: int = 32,
-        net: str = "mlp",
-        hidden_dims: tuple[int, ...] = (400,),
-        channels: tuple[int, ...] = (32, 64, 128, 256),
-        likelihood: str = "gaussian",
-        sigma: float = 0.1,
-        learn_sigma: bool = False,
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        latent_dims: int | list[int],
+        net: Mapping,
+        likelihood: Mapping,
+        prior: Mapping,
+        objective: Mapping,
+        optimizer: Mapping,
+        scheduler: Mapping | None = None,
+        top_net: Mapping | None = None,
+        conditional: bool = False,
+        n_conditions: int = 0,
         compile: bool = False,
         channels_last: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.vae = VAE(
-            image_shape=tuple(image_shape),
-            latent_dim=latent_dim,
-            net=net,
-            likelihood=likelihood,
-            sigma=sigma,
-            learn_sigma=learn_sigma,
-            hidden_dims=tuple(hidden_dims),
-            channels=tuple(channels),
+        self.save_hyperparameters(
+            {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
         )
-        if channels_last and net == "conv":
+        hp = self.hparams
+        if conditional and n_conditions < 1:
+            raise UserError(
+                "model.conditional=true needs labels, but this dataset has none (CelebA's come from "
+                "list_attr_celeba.txt next to its images): add that file, or use model=vae."
+            )
+        self.vae = VAE(
+            image_shape=tuple(hp.image_shape),
+            latent_dims=hp.latent_dims,
+            net=hp.net,
+            likelihood=hp.likelihood,
+            prior=hp.prior,
+            top_net=hp.top_net,
+            n_conditions=hp.n_conditions if conditional else 0,
+        )
+        self.objective = build(hp.objective)
+        target_of(hp.optimizer)  # a bad optimiser or scheduler spec fails now, not after setup
+        if scheduler is not None:
+            target_of(hp.scheduler)
+        if channels_last:
             use_channels_last(self.vae)
         if compile:  # in place: checkpoints keep their keys, compiled or not
             self.vae.compile()
         self._deferred: DeferredCheck | None = None  # the NaN check on an accelerator
         self._logging_step = False
 
-    @property
-    def automatic_optimization(self) -> bool:
-        """Whether Lightning's optimisation loop runs each step: only when a trainer option
-        needs it (see :func:`needs_lightnings_loop`). Otherwise :meth:`training_step` runs the
-        same zero_grad, backward and step itself, with less host work per step (on one CPU core
-        an MNIST step's Lightning overhead falls from ~1.7 to ~1.3 ms)."""
-        return self._trainer is not None and needs_lightnings_loop(self._trainer)
-
-    def current_beta(self) -> float:
-        """β, ramped linearly from 0 over ``kl_warmup_steps`` (against posterior collapse)."""
-        warmup = self.hparams.kl_warmup_steps
-        if warmup <= 0:
-            return self.hparams.beta
-        return self.hparams.beta * min(1.0, self.global_step / warmup)
-
     def _step(self, batch, stage: str, log: bool = True, write: bool = False) -> Tensor:
-        x = batch[0]
-        terms = self.vae(x)
-        beta = self.current_beta() if stage == "train" else self.hparams.beta
-        loss = -terms.elbo(beta).mean()
+        x, y = batch[0], (batch[1] if self.vae.n_conditions else None)
         train = stage == "train"  # train: per step; val/test: epoch means, synced over ranks
+        out = self.objective(self.vae, x, y, step=self.global_step)
         if train:  # a NaN/inf never reaches the weights (see vaelab.guards)
-            parts = {"recon": terms.recon, "kl": terms.kl}
-            self._deferred.watch(loss, parts) if self._deferred else check_finite_loss(loss, parts, self)
+            self._deferred.watch(out.loss, out.terms) if self._deferred else check_finite_loss(
+                out.loss, out.terms, self
+            )
         if not log:
-            return loss
-        metrics = {
-            f"{stage}/elbo": terms.elbo().mean(),
-            f"{stage}/recon": terms.recon.mean(),
-            f"{stage}/kl": terms.kl.mean(),
-        }
+            return out.loss
+        metrics = {f"{stage}/loss": out.loss, **{f"{stage}/{k}": v.mean() for k, v in out.terms.items()}}
         opts = dict(on_step=train, on_epoch=not train, sync_dist=not train, batch_size=x.shape[0])
-        self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
-        self.log_dict(metrics, **opts)
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, **opts)
+        self.log_dict({k: v for k, v in metrics.items() if k != f"{stage}/loss"}, **opts)
         if train:
-            metrics[f"{stage}/loss"] = loss
-            if self.hparams.learn_sigma:
-                metrics["train/sigma"] = self.vae.likelihood.sigma
-                self.log("train/sigma", metrics["train/sigma"], on_step=True, batch_size=x.shape[0])
-            if self.hparams.kl_warmup_steps > 0:
-                metrics["train/beta"] = beta
-                self.log("train/beta", beta, on_step=True, batch_size=x.shape[0])
+            scalars = {**out.scalars, **self.vae.likelihood.extra_terms()}
+            for name, value in scalars.items():
+                metrics[f"train/{name}"] = value
+                self.log(f"train/{name}", value, on_step=True, batch_size=x.shape[0])
             if write:
                 self._write_train_point(metrics)
-        return loss
+        return out.loss
 
     def _write_train_point(self, metrics: dict) -> None:
         """Write a step Lightning's logger does not (the first, an epoch's last) to the loggers,
@@ -117,13 +119,7 @@ class VAEModule(L.LightningModule):
         # the first step and an epoch's last are written here when Lightning would skip them
         # (never on a step that only accumulates gradients: its optimizer step writes)
         write = self._logging_step and self._steps_optimizer(batch_idx) and not self._lightning_writes_step()
-        loss = self._step(batch, "train", log=self._logging_step, write=write)
-        if not self.automatic_optimization:
-            optimizer = self.optimizers()
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            optimizer.step()
-        return loss
+        return self._step(batch, "train", log=self._logging_step, write=write)
 
     def _logs_step(self, batch_idx: int) -> bool:
         """Whether this step's train metrics are logged: on the steps Lightning's logger writes
@@ -159,9 +155,19 @@ class VAEModule(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self):
+        """The optimiser spec (``_partial_: true``) called on the parameters, fused where torch
+        and Lightning allow (:mod:`vaelab.optim`), and the optional scheduler spec on it."""
         trainer, hp = self.trainer, self.hparams
-        fused = fused_allowed(trainer.precision, clipping=(trainer.gradient_clip_val or 0) > 0)
-        return Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
+        make = instantiate(hp.optimizer)
+        options = {}
+        if "fused" in (accepted_keys(target_of(hp.optimizer)) or ()):
+            options["fused"] = fused_allowed(trainer.precision, clipping=(trainer.gradient_clip_val or 0) > 0)
+        optimizer = make(params=self.parameters(), **options)
+        if hp.scheduler is None:
+            return optimizer
+        spec = dict(hp.scheduler)
+        how = {key: spec.pop(key, default) for key, default in SCHEDULER_DEFAULTS.items()}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": instantiate(spec)(optimizer), **how}}
 
     # -- the non-finite check on an accelerator (vaelab.guards) ----------------------------
     def _defers_loss_check(self) -> bool:
@@ -171,7 +177,7 @@ class VAEModule(L.LightningModule):
         Deferring needs fused Adam (it skips a bad step on the device) and whole gradients on
         every rank (one device or DDP; FSDP and DeepSpeed shard them, so ranks would disagree)."""
         whole_gradients = type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)
-        fused = self.optimizers(use_pl_optimizer=False).fused
+        fused = getattr(self.optimizers(use_pl_optimizer=False), "fused", False)
         worth_it = self.device.type != "cpu" or self.trainer.world_size > 1
         return worth_it and fused and whole_gradients
 
@@ -196,21 +202,3 @@ class VAEModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._deferred:  # never save after a bad step the host has not seen yet
             self._deferred.raise_if_found(self)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        carry_step_count(checkpoint, manual=not self.automatic_optimization)
-
-
-def needs_lightnings_loop(trainer: L.Trainer) -> bool:
-    """Trainer options that only Lightning's automatic optimisation loop implements (gradient
-    clipping, accumulation, an accumulation schedule) or that ``ModelCheckpoint`` in Lightning
-    2.6 handles differently without it (``every_n_train_steps``, ``train_time_interval``).
-    LR schedulers are not configured by vaelab; a subclass that adds one should use the loop too."""
-    if (trainer.gradient_clip_val or 0) > 0 or trainer.accumulate_grad_batches != 1:
-        return True
-    if any(isinstance(cb, GradientAccumulationScheduler) for cb in trainer.callbacks):
-        return True
-    return any(
-        getattr(cb, "_every_n_train_steps", 0) > 0 or getattr(cb, "_train_time_interval", None) is not None
-        for cb in trainer.checkpoint_callbacks
-    )

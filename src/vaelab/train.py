@@ -54,7 +54,9 @@ def build(cfg: DictConfig):
     """(datamodule, model, trainer) as the config describes them."""
     datamodule = instantiate(cfg.dataset)
     datamodule.check()  # a missing dataset fails here, with its message, before any setup
-    model = instantiate(cfg.model, image_shape=datamodule.image_shape)
+    model = instantiate(cfg.model, image_shape=datamodule.image_shape, n_conditions=datamodule.n_conditions)
+    if datamodule.dequantize and model.vae.likelihood.data != "continuous":
+        datamodule.dequantize = False  # a probability mass scores the 8-bit (or binary) values as they are
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # checkpoints written atomically (temp file + rename) and loaded with weights_only=True
@@ -80,7 +82,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule, model, trainer = build(cfg)
     check_run_dir(trainer)
     if trainer.is_global_zero:
-        log.info(scale_summary(trainer, datamodule.batch_size, model.hparams.lr))
+        log.info(scale_summary(trainer, datamodule.batch_size, model.hparams.optimizer.get("lr")))
     with launch_scope(trainer):
         metrics = _fit_and_test(cfg, datamodule, model, trainer)
     if trainer.is_global_zero:

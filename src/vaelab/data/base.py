@@ -27,6 +27,7 @@ SPLITS = ("train", "val", "test")
 
 class ImageDataModule(L.LightningDataModule, abc.ABC):
     image_shape: tuple[int, int, int]
+    n_conditions: int = 0  # size of the label vector a conditional VAE sees (classes one-hot)
     name: str
 
     def __init__(

@@ -95,6 +95,11 @@ class CelebADataModule(ImageDataModule):
         return (3, self.image_size, self.image_size)
 
     @property
+    def n_conditions(self) -> int:
+        """CelebA's 40 binary attributes, when list_attr_celeba.txt is there."""
+        return 40 if self.attr_file.is_file() else 0
+
+    @property
     def base(self) -> Path:
         return Path(self.root) / "celeba"
 

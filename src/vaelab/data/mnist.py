@@ -26,6 +26,7 @@ class MNISTDataModule(ImageDataModule):
     """Reads ``<root>/MNIST/raw/*-ubyte[.gz]`` (torchvision's layout); a read-only root is fine."""
 
     image_shape = (1, 28, 28)
+    n_conditions = 10
     name = "mnist"
     folder = "MNIST"
 

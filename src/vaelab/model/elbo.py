@@ -80,3 +80,11 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
     """
     k = log_weights.shape[0]
     return torch.logsumexp(log_weights.double(), dim=0) - math.log(k)
+
+
+def kl_standard_normal_dims(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) per latent dimension, ½ (μ² + σ² − 1 − ln σ²), shape kept.
+
+    For per-dimension diagnostics (active units, free bits); :func:`kl_standard_normal` is its sum.
+    """
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)

@@ -1,0 +1,1 @@
+"""Encoder/decoder networks. A network spec builds both halves from the shapes the model asks for."""

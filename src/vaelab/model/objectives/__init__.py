@@ -1,0 +1,1 @@
+"""Training objectives: (model, batch) → loss and the per-example terms that are logged."""

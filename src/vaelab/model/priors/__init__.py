@@ -1,0 +1,1 @@
+"""Priors p(z) over the top stochastic layer."""
