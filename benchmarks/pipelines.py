@@ -60,14 +60,30 @@ def checksum(model: torch.nn.Module) -> float:
 
 def build_vae(spec: dict) -> torch.nn.Module:
     """vaelab's VAE exactly as ``VAEModule`` builds it, right after seeding."""
-    from vaelab.nets.conv import use_channels_last
-    from vaelab.vae import VAE
+    from vaelab.model.nets.conv import use_channels_last
+    from vaelab.model.vae import VAE
 
     torch.manual_seed(spec["seed"])
-    vae = VAE(IMAGE_SHAPES[spec["bench"]], spec["latent_dim"], net=spec["net"], channels=spec["channels"])
+    net = {"_target_": "vaelab.model.nets.mlp.MLP", "hidden": [400]}  # conf/net/mlp.yaml
+    if spec["net"] == "conv":
+        net = {"_target_": "vaelab.model.nets.conv.Conv", "channels": spec["channels"]}
+    vae = VAE(
+        IMAGE_SHAPES[spec["bench"]],
+        [spec["latent_dim"]],
+        net=net,
+        likelihood={"_target_": "vaelab.model.likelihoods.gaussian.Gaussian", "sigma": 0.1},
+        prior={"_target_": "vaelab.model.priors.normal.StandardNormal"},
+    )
     if spec["channels_last"] and spec["net"] == "conv":
         use_channels_last(vae)
     return vae
+
+
+def elbo_objective():
+    """vaelab's ELBO objective (imported late, like the VAE: the bare pipelines load no vaelab)."""
+    from vaelab.model.objectives.elbo import ELBO
+
+    return ELBO()
 
 
 def adam(vae: torch.nn.Module, spec: dict) -> torch.optim.Optimizer:
@@ -86,7 +102,7 @@ def autocast(spec: dict, device: torch.device):
 
 def train_step(vae, opt, x, spec, device) -> torch.Tensor:
     with autocast(spec, device):
-        loss = -vae(x).elbo().mean()
+        loss = elbo_objective()(vae, x).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -242,7 +258,7 @@ def classic_validate(vae, loader, spec, device) -> float:
     total = 0.0
     for x, _ in loader:
         with autocast(spec, device):
-            total += -vae(x.to(device)).elbo().sum().item()
+            total += -elbo_objective()(vae, x.to(device)).terms["elbo"].sum().item()
     return total / len(loader.dataset)
 
 

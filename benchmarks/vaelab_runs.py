@@ -30,9 +30,8 @@ def overrides(spec: dict, out_dir: str, epochs: int) -> list[str]:
         f"paths.output_dir={out_dir}",
         f"seed={spec['seed']}",
         f"latent_dim={spec['latent_dim']}",
-        f"model.net={spec['net']}",
-        f"model.channels=[{','.join(map(str, spec['channels']))}]",
-        f"model.lr={spec['lr']}",
+        f"net={spec['net']}",
+        f"optimizer.lr={spec['lr']}",
         f"model.compile={str(spec['compile']).lower()}",
         f"model.channels_last={str(spec['channels_last']).lower()}",
         f"dataset.batch_size={spec['batch_size']}",
@@ -43,6 +42,8 @@ def overrides(spec: dict, out_dir: str, epochs: int) -> list[str]:
         f"trainer.max_epochs={epochs}",
         "test=false",
     ]
+    if spec["net"] == "conv":
+        over.append(f"net.channels=[{','.join(map(str, spec['channels']))}]")
     if spec["bench"] == "mnist":
         over += [f"dataset.val_size={spec['val_size']}", "dataset.download=false"]
     if spec["n_images"] is not None:  # a subset: the same whole batches as (a) and (b) see

@@ -10,15 +10,22 @@ CHURN = """
 import resource, sys, torch
 from vaelab.allocator import keep_freed_memory
 from vaelab.metrics import batch_terms
-from vaelab.vae import VAE
+from vaelab.model.vae import VAE
 
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.manual_seed(0)
-vae, x = VAE((1, 28, 28), latent_dim=32, hidden_dims=(400,)).eval(), torch.rand(100, 1, 28, 28)
-batch_terms(vae, x, 100, 2000)  # warm-up: the first pass faults its pages in either way
+vae = VAE(
+    (1, 28, 28),
+    [32],
+    net={"_target_": "vaelab.model.nets.mlp.MLP", "hidden": [400]},
+    likelihood={"_target_": "vaelab.model.likelihoods.gaussian.Gaussian"},
+    prior={"_target_": "vaelab.model.priors.normal.StandardNormal"},
+).eval()
+x = torch.rand(100, 1, 28, 28)
+batch_terms(vae, x, None, 100, 2000)  # warm-up: the first pass faults its pages in either way
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(2):
-    batch_terms(vae, x, 100, 2000)  # 5 chunks of 2000 decodes each, 6 MB per output tensor
+    batch_terms(vae, x, None, 100, 2000)  # 5 chunks of 2000 decodes each, 6 MB per output tensor
 print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 

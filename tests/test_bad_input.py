@@ -31,7 +31,7 @@ from vaelab.guards import DeferredCheck, NonFiniteLossError
 from vaelab.optim import Adam
 from vaelab.train import run
 
-CELEBA = ["dataset=celeba", "dataset.decode_workers=1", "model.channels=[8,8,8,8]", "latent_dim=4"]
+CELEBA = ["dataset=celeba", "dataset.decode_workers=1", "net.channels=[8,8,8,8]", "latent_dim=4"]
 
 
 def _mnist(tmp: Path, *extra: str) -> list[str]:
@@ -134,9 +134,9 @@ class Case:
 CASES = [
     # config: out-of-range values, wrong types, unknown keys, incompatible combinations
     Case("latent_dim=0", lambda t: _mnist(t, "latent_dim=0"), 2, ("latent_dim=0", "whole number > 0")),
-    Case("lr=0", lambda t: _mnist(t, "model.lr=0"), 2, ("model.lr=0", "a number > 0")),
+    Case("lr=0", lambda t: _mnist(t, "optimizer.lr=0"), 2, ("optimizer.lr=0", "a number > 0")),
     Case("batch_size<0", lambda t: _mnist(t, "dataset.batch_size=-8"), 2, ("dataset.batch_size=-8", "> 0")),
-    Case("beta<0", lambda t: _mnist(t, "model.beta=-0.5"), 2, ("model.beta=-0.5", "≥ 0")),
+    Case("beta<0", lambda t: _mnist(t, "objective.beta=-0.5"), 2, ("objective.beta=-0.5", "≥ 0")),
     Case("max_epochs<0", lambda t: _mnist(t, "trainer.max_epochs=-3"), 2, ("trainer.max_epochs=-3", "≥ -1")),
     Case(
         "max_epochs=-1 without max_steps",
@@ -150,18 +150,31 @@ CASES = [
         2,
         ("dataset.crop_fraction=1.5", "(0, 1]"),
     ),
-    Case("sigma=0", lambda t: _mnist(t, "model.sigma=0"), 2, ("model.sigma=0", "a number > 0")),
+    Case("sigma=0", lambda t: _mnist(t, "likelihood.sigma=0"), 2, ("likelihood.sigma=0", "a number > 0")),
     Case(
-        "unknown likelihood",
-        lambda t: _mnist(t, "model.likelihood=poisson"),
+        "warm-up steps < 0",
+        lambda t: _mnist(t, "objective.warmup_steps=-5"),
         2,
-        ("model.likelihood='poisson'", "gaussian, bernoulli"),
+        ("objective.warmup_steps=-5", "whole number ≥ 0"),
     ),
+    # (an unknown likelihood, likelihood=poisson, is now a config group option: see the CLI tests)
     Case(
         "unknown model key",
-        lambda t: _mnist(t, "+model.optimizer=sgd"),
+        lambda t: _mnist(t, "+model.optimiser=sgd"),
         2,
-        ("model.optimizer is not a setting of vaelab.module.VAEModule", "valid keys are", "lr"),
+        ("model.optimiser is not a setting of vaelab.module.VAEModule", "valid keys are", "optimizer"),
+    ),
+    Case(
+        "unknown option of a part",
+        lambda t: _mnist(t, "+net.widths=[8]"),
+        2,
+        ("net.widths is not a setting of vaelab.model.nets.mlp.MLP", "activation, hidden"),
+    ),
+    Case(
+        "old key added with +",
+        lambda t: _mnist(t, "+model.lr=0.01"),
+        2,
+        ("model.lr is now optimizer.lr", "optimizer.lr=0.01"),
     ),
     Case(
         "misspelt trainer key",
@@ -171,9 +184,9 @@ CASES = [
     ),
     Case(
         "wrong type: list",
-        lambda t: _mnist(t, "model.hidden_dims=abc"),
+        lambda t: _mnist(t, "net.hidden=abc"),
         2,
-        ("model.hidden_dims='abc'", "list of whole numbers"),
+        ("net.hidden='abc'", "list of whole numbers"),
     ),
     Case(
         "wrong type: number", lambda t: _mnist(t, "latent_dim=abc"), 2, ("latent_dim='abc'", "whole number")
@@ -186,15 +199,15 @@ CASES = [
     ),
     Case(
         "Bernoulli on colour CelebA",
-        lambda t: _celeba(t, "model.likelihood=bernoulli"),
+        lambda t: _celeba(t, "likelihood=bernoulli"),
         2,
-        ("model.likelihood=bernoulli", "dataset.binarize=true"),
+        ("likelihood=bernoulli", "dataset.binarize=true"),
     ),
     Case(
         "learned sigma with Bernoulli",
-        lambda t: _mnist(t, "model.likelihood=bernoulli", "model.learn_sigma=true"),
+        lambda t: _mnist(t, "likelihood=bernoulli", "+likelihood.learn=scalar"),
         2,
-        ("model.learn_sigma=true", "model.likelihood=gaussian"),
+        ("likelihood.learn is not a setting of vaelab.model.likelihoods.bernoulli.Bernoulli",),
     ),
     # data: stop with the file and the fix, or recover and say so
     Case(
@@ -273,7 +286,7 @@ CASES = [
         "checkpoint of another config",
         lambda t: _ckpt(t, lambda p: _trained_checkpoint(p, latent_dim=4), "latent_dim=8"),
         2,
-        ("incompatible config", "latent_dim=4 in the checkpoint but 8 here"),
+        ("incompatible config", "latent_dims=(4,) in the checkpoint but (8,) here"),
     ),
     Case(
         "checkpoint of another model shape",
@@ -314,8 +327,12 @@ def test_catalogue(case, tmp_path, capsys, caplog):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["model.optimzer=adam"], ("model.optimzer is not a key of the config", "Keys under model:", "lr")),
+        (
+            ["model.optimzer=adam"],
+            ("model.optimzer is not a key of the config", "Keys under model:", "optimizer"),
+        ),
         (["dataset=imagenet"], ("dataset=imagenet is not an option", "celeba, fashion_mnist, mnist")),
+        (["likelihood=poisson"], ("likelihood=poisson is not an option", "bernoulli, gaussian")),
         (["latent_dim=[1"], ("Cannot parse the override 'latent_dim=[1'",)),
     ],
 )
@@ -329,6 +346,46 @@ def test_cli_composition_errors_are_one_paragraph(tmp_path, args, says):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+# the README's spellings from before the model was composed from parts: (old, new) per override
+OLD_SPELLINGS = [
+    ("model=conv", "net=conv"),
+    ("model=mlp", "net=mlp"),
+    ("model.net=conv", "net=conv"),
+    ("model.hidden_dims=[64,32]", "net.hidden=[64,32]"),
+    ("model.channels=[8,8,8,8]", "net.channels=[8,8,8,8]"),
+    ("model.likelihood=bernoulli", "likelihood=bernoulli"),
+    ("model.sigma=0.05", "likelihood.sigma=0.05"),
+    ("model.learn_sigma=true", "likelihood=gaussian_learned"),
+    ("model.beta=4", "objective.beta=4"),
+    ("model.kl_warmup_steps=1000", "objective.warmup_steps=1000"),
+    ("model.lr=1e-3", "optimizer.lr=1e-3"),
+    ("model.weight_decay=1e-5", "optimizer.weight_decay=1e-5"),
+    ("model.latent_dim=16", "latent_dim=16"),
+]
+
+
+@pytest.mark.parametrize("old, new", OLD_SPELLINGS, ids=[old for old, _ in OLD_SPELLINGS])
+def test_an_old_spelling_is_answered_with_its_new_spelling(tmp_path, old, new):
+    proc = run_train_cli([old, f"paths.log_dir={tmp_path}"], timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("vaelab error:")
+    flat = " ".join(proc.stderr.split())
+    assert new in flat, flat
+    old_key = old.split("=")[0]
+    if "." in old_key:  # a renamed key says which key replaced it
+        assert f"{old_key} is now {new.split('=')[0]}" in flat, flat
+    assert len(flat) < 400 and "\n\n" not in proc.stderr  # one short paragraph, not a listing
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert list(tmp_path.iterdir()) == []  # refused before any run folder
+
+
+def test_the_new_spelling_of_every_old_one_composes(tmp_path):
+    """What the messages suggest is itself a valid override."""
+    for _, new in OLD_SPELLINGS:
+        extra = ["net=conv"] if new.startswith("net.channels") else []
+        compose_config([new, *extra])
+
+
 def test_hydra_full_error_still_shows_the_traceback(tmp_path, monkeypatch):
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, str(TRAIN_SCRIPT), "model.optimzer=adam", f"paths.log_dir={tmp_path}"]
@@ -336,8 +393,8 @@ def test_hydra_full_error_still_shows_the_traceback(tmp_path, monkeypatch):
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "model.optimzer" in proc.stderr
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the same for vaelab's own errors
-    with pytest.raises(UserError, match="model.lr=0 is invalid"), exit_on_user_error():
-        run(compose_config(["model.lr=0", "paths.output_dir=unused"]))
+    with pytest.raises(UserError, match="optimizer.lr=0 is invalid"), exit_on_user_error():
+        run(compose_config(["optimizer.lr=0", "paths.output_dir=unused"]))
 
 
 # -- data: things no single run shows -------------------------------------------------------------
@@ -459,16 +516,16 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
 
 # -- numerical faults ----------------------------------------------------------------------------
 def _nan_on_fourth_training_step(monkeypatch):
-    from vaelab.vae import VAE
+    from vaelab.model.vae import VAE
 
     forward, calls = VAE.forward, []
 
-    def forward_with_a_nan(self, x):
-        terms = forward(self, x)
+    def forward_with_a_nan(self, x, y=None, k=1):
+        out = forward(self, x, y, k)
         calls.append(torch.is_grad_enabled())
         if sum(calls) == 4 and torch.is_grad_enabled():
-            terms.recon = terms.recon * float("nan")
-        return terms
+            out.log_px = out.log_px * float("nan")  # log p(x|z): the recon term
+        return out
 
     monkeypatch.setattr(VAE, "forward", forward_with_a_nan)
 
@@ -480,8 +537,10 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path,
     )
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2
-    assert "The training loss became NaN at step 3 (epoch 0): the recon term is not finite" in err
-    assert "model.lr" in err and "trainer.gradient_clip_val" in err and "model.sigma" in err
+    # log p(x|z) is NaN: the recon term and the ELBO made from it
+    assert "The training loss became NaN at step 3 (epoch 0): the recon and elbo terms are not finite" in err
+    assert "optimizer.lr (now 0.001)" in err and "trainer.gradient_clip_val" in err
+    assert "likelihood.sigma (now 0.1)" in err and "objective.warmup_steps=1000" in err
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert f"the last good checkpoint, {last}, was kept" in err
     ckpt = load_checkpoint(last)
@@ -501,8 +560,8 @@ def test_deferred_check_stops_before_the_next_save_after_a_nan(tmp_path, monkeyp
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2
     assert (
-        "The training loss became NaN at step 3: the recon term is not finite. Its update was skipped "
-        "on the device, so the weights are finite; the run stopped at step 4" in err
+        "The training loss became NaN at step 3: the recon and elbo terms are not finite. Its update was "
+        "skipped on the device, so the weights are finite; the run stopped at step 4" in err
     )
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
@@ -523,7 +582,11 @@ def test_on_the_gpu_a_nan_step_is_skipped_on_the_device_and_reported(tmp_path, m
 
 def _guard_host(lr=0.1):
     trainer = SimpleNamespace(current_epoch=0, global_step=3, callbacks=[], global_rank=0)
-    hp = SimpleNamespace(lr=lr, likelihood="bernoulli", kl_warmup_steps=0)
+    hp = {  # the module's hparams: the part specs as plain dicts
+        "optimizer": {"_target_": "vaelab.optim.Adam", "lr": lr},
+        "likelihood": {"_target_": "vaelab.model.likelihoods.bernoulli.Bernoulli"},
+        "objective": {"_target_": "vaelab.model.objectives.elbo.ELBO", "warmup_steps": 0},
+    }
     return SimpleNamespace(trainer=trainer, hparams=hp)
 
 
@@ -544,8 +607,11 @@ def test_deferred_check_skips_the_bad_update_on_the_device_and_names_the_step():
         changed.append(not all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True)))
     assert changed == [True, False, True]  # step 1's update was skipped by the kernel, no host sync
     assert all(torch.isfinite(t).all() for s in opt.state.values() for t in s.values())
-    with pytest.raises(NonFiniteLossError, match="became NaN at step 1: the recon term is not finite"):
+    with pytest.raises(NonFiniteLossError, match="became NaN at step 1: the recon term is not finite") as err:
         check.raise_if_found(host)
+    tips = " ".join(str(err.value).split())
+    assert "optimizer.lr (now 0.1)" in tips and "objective.warmup_steps=1000" in tips
+    assert "sigma" not in tips  # a Bernoulli decoder has none
     check.raise_if_found(host)  # reported once
 
 
@@ -617,11 +683,20 @@ def test_deferred_check_reads_its_buffer_by_itself_when_full_and_names_a_bad_gra
 
 
 def test_log_variance_is_clamped_to_a_safe_range():
-    from vaelab.vae import LOGVAR_RANGE, VAE
+    from vaelab.model.vae import LOGVAR_RANGE, VAE
 
-    vae = VAE((1, 28, 28), latent_dim=4)
+    vae = VAE(
+        (1, 28, 28),
+        latent_dims=[4],
+        net={"_target_": "vaelab.model.nets.mlp.MLP", "hidden": [16]},
+        likelihood={"_target_": "vaelab.model.likelihoods.gaussian.Gaussian", "sigma": 0.1},
+        prior={"_target_": "vaelab.model.priors.normal.StandardNormal"},
+    )
     with torch.no_grad():
-        vae.encoder.net[-1].bias[4:].fill_(1e4)  # log σ² = 10⁴: exp() is inf in any float
-    terms = vae(torch.rand(3, 1, 28, 28))
-    assert terms.logvar.max() == LOGVAR_RANGE[1]
-    assert torch.isfinite(terms.kl).all() and torch.isfinite(terms.recon).all()
+        vae.encoders[0][-1].bias[4:].fill_(1e4)  # log σ² = 10⁴: exp() is inf in any float
+    x = torch.rand(3, 1, 28, 28)
+    _, logvar = vae.encode(x)
+    assert logvar.max() == LOGVAR_RANGE[1]
+    out = vae(x)
+    assert torch.isfinite(out.kl).all() and torch.isfinite(out.log_px).all()
+    assert torch.isfinite(out.log_qz).all() and torch.isfinite(out.log_w).all()

@@ -12,7 +12,7 @@ def test_multirun_over_latent_dim_makes_one_run_dir_per_job(tmp_path, mnist_root
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/checkpoints/last.ckpt"))
     assert len(jobs) == 2
-    dims = sorted(torch.load(j, weights_only=False)["hyper_parameters"]["latent_dim"] for j in jobs)
+    dims = sorted(torch.load(j, weights_only=False)["hyper_parameters"]["latent_dims"][-1] for j in jobs)
     assert dims == [2, 4]
     assert {j.parent.parent.name for j in jobs} == {"0_latent_dim-2", "1_latent_dim-4"}
 

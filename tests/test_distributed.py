@@ -23,7 +23,9 @@ from omegaconf import open_dict
 from vaelab import distributed
 from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
+from vaelab.guards import DeferredCheck, NonFiniteLossError, check_finite_loss
 from vaelab.module import VAEModule
+from vaelab.optim import Adam
 
 TESTS = Path(__file__).parent
 GRIDS = ("images/reconstructions", "images/samples", "images/interpolations")
@@ -137,7 +139,7 @@ def test_scale_summary_states_effective_batch_and_lr_rule():
     line = distributed.scale_summary(trainer, batch_size=128, lr=1e-3)
     assert "8 process(es) = 2 node(s) x 4 device(s)" in line
     assert "effective batch size 2048 = 128 per process x 8 x 2 accumulated" in line
-    assert "lr 0.001 as configured" in line and "model.lr=0.016" in line
+    assert "lr 0.001 as configured" in line and "optimizer.lr=0.016" in line
 
 
 def _expected_val_loss(cfg, ckpt: Path, probes: Path, world: int = 2) -> tuple[float, float]:
@@ -151,9 +153,9 @@ def _expected_val_loss(cfg, ckpt: Path, probes: Path, world: int = 2) -> tuple[f
         assert probe["n"] == len(shard)
         torch.set_rng_state(probe["rng"])
         with torch.no_grad():
-            terms = model.vae(shard)
-        losses.append(-terms.elbo(model.hparams.beta))
-        kls.append(terms.kl)
+            terms = model.objective(model.vae, shard).terms  # the run's objective, as validation calls it
+        losses.append(-(terms["recon"] - model.objective.beta * terms["kl"]))
+        kls.append(terms["kl"])
     return torch.cat(losses).mean().item(), torch.cat(kls).mean().item()
 
 
@@ -220,10 +222,62 @@ def test_a_nan_on_one_ddp_cpu_rank_stops_both_ranks_at_once(tmp_path, mnist_root
     )
     # and rank 1, whose own batch broke, names the term (it is not killed before it can say so)
     assert (
-        "[rank 1 of 2] The training loss became NaN at step 3: the recon and kl terms are not finite" in out
+        "[rank 1 of 2] The training loss became NaN at step 3: the recon, kl and elbo terms are not finite"
+        in out
     )
     assert "[rank 0 of 2] The gradient became non-finite at step 3" in out
     assert time.perf_counter() - start < 100
+
+
+def _iwae_host(rank: int = 0, world: int = 1):
+    """What the NaN guard reads of the module and trainer, for an IWAE run."""
+    trainer = SimpleNamespace(
+        current_epoch=1, global_step=6, callbacks=[], global_rank=rank, world_size=world
+    )
+    trainer.strategy = SimpleNamespace(reduce_boolean_decision=lambda found, all: found)
+    hparams = {"optimizer": {"lr": 1e-3}, "likelihood": {}, "objective": {"k": 5}}
+    return SimpleNamespace(trainer=trainer, hparams=hparams)
+
+
+def _iwae_terms(bound: float) -> dict[str, torch.Tensor]:
+    """An IWAE objective's terms (vaelab.model.objectives.iwae): the bound is the one that broke."""
+    return {
+        "recon": torch.ones(4),
+        "kl": torch.ones(4),
+        "elbo": torch.zeros(4),
+        "iwae": torch.full((4,), bound),
+    }
+
+
+@pytest.mark.parametrize("world", [1, 2], ids=["one-device", "ddp"])
+def test_the_deferred_check_keeps_a_column_per_objective_term_and_names_the_iwae_bound(world):
+    """The columns come from the objective's own terms (here an IWAE run's, which add "iwae"),
+    found at the first watch; the message names the term that broke, not recon/kl."""
+    net = torch.nn.Linear(3, 1)
+    opt = Adam(net.parameters(), lr=0.1)
+    check, host = DeferredCheck(rows=4, across_ranks=world > 1), _iwae_host(rank=world - 1, world=world)
+    for step, bound in ((5, -1.0), (6, float("-inf"))):  # all log-weights -inf: the bound is -inf
+        check.watch(torch.tensor(-bound), _iwae_terms(bound))
+        net.weight.grad, net.bias.grad = torch.zeros(1, 3), torch.zeros(1)
+        check.before_optimizer_step(opt, step, host)
+    assert check._names == ["recon", "kl", "elbo", "iwae", "gradient"]
+    assert check._buffer.shape == (4, len(check._names) + 2)  # + loss and "skipped"
+    with pytest.raises(NonFiniteLossError) as err:
+        check.raise_if_found(host)
+    message = " ".join(str(err.value).split())
+    rank = "[rank 1 of 2] " if world > 1 else ""
+    assert message.startswith(f"{rank}The training loss became inf at step 6: the iwae term is not finite.")
+    assert "a lower optimizer.lr (now 0.001)" in message
+
+
+def test_on_the_cpu_the_loss_check_names_the_iwae_bound_too():
+    host = _iwae_host()
+    check_finite_loss(torch.tensor(1.0), _iwae_terms(-1.0), host)  # finite: nothing to say
+    with pytest.raises(NonFiniteLossError, match=r"inf at step 6 \(epoch 1\): the iwae term is not finite"):
+        check_finite_loss(torch.tensor(float("inf")), _iwae_terms(float("-inf")), host)
+    terms = {**_iwae_terms(float("nan")), "recon": torch.full((4,), float("nan"))}
+    with pytest.raises(NonFiniteLossError, match="NaN at step 6 .*: the recon and iwae terms are not finite"):
+        check_finite_loss(torch.tensor(float("nan")), terms, host)
 
 
 def _free_port() -> int:

@@ -128,6 +128,15 @@ def test_a_missing_checkpoint_model_overrides_and_a_dataset_of_another_shape_are
         evaluate(compose_config(config_name="eval", overrides=[f"ckpt_path={tmp_path / 'none.ckpt'}"]))
     with pytest.raises(UserError, match="latent_dim=4 cannot apply to an evaluation"):
         _evaluate(mnist_run, tmp_path, ["latent_dim=4"])
+    for override in (
+        "net=conv",
+        "net.hidden=[8]",
+        "likelihood=bernoulli",
+        "prior=vamp",
+        "model.conditional=true",
+    ):
+        with pytest.raises(UserError, match=f"{re.escape(override)} cannot apply to an evaluation"):
+            _evaluate(mnist_run, tmp_path, [override])
     celeba = write_celeba(tmp_path / "celeba", n=24)
     with pytest.raises(UserError, match=r"shape \(1, 28, 28\).*gives \(3, 64, 64\)"):
         _evaluate(
@@ -137,7 +146,7 @@ def test_a_missing_checkpoint_model_overrides_and_a_dataset_of_another_shape_are
 
 def test_bernoulli_on_binarised_digits_reports_discrete_bits_per_dim(tmp_path, mnist_root, monkeypatch):
     run_dir = _train(
-        tmp_path, mnist_root, ["dataset.val_size=40", "model.likelihood=bernoulli", "dataset.binarize=true"]
+        tmp_path, mnist_root, ["dataset.val_size=40", "likelihood=bernoulli", "dataset.binarize=true"]
     )
     m = _evaluate(run_dir, tmp_path / "eval", ["eval.k=10"])
     assert "discrete" in m["bits_per_dim_formula"]
@@ -147,7 +156,7 @@ def test_bernoulli_on_binarised_digits_reports_discrete_bits_per_dim(tmp_path, m
     monkeypatch.setattr(
         evaluate_module,
         "_numbers",
-        lambda cfg, vae, images, lik: scored.append(images) or numbers(cfg, vae, images, lik),
+        lambda cfg, vae, split: scored.append(split["images"]) or numbers(cfg, vae, split),
     )
     for _ in range(2):  # the train split too is scored on 0/1 pixels, the same draw each time
         _evaluate(run_dir, tmp_path / "eval-train", ["eval.k=2", "eval.split=train"])
@@ -155,7 +164,7 @@ def test_bernoulli_on_binarised_digits_reports_discrete_bits_per_dim(tmp_path, m
 
 
 def test_celeba_checkpoint_gives_colour_64px_figures(tmp_path, celeba_root):
-    extra = ["dataset=celeba", "latent_dim=4", "dataset.decode_workers=1", "model.channels=[8,8,8,8]"]
+    extra = ["dataset=celeba", "latent_dim=4", "dataset.decode_workers=1", "net.channels=[8,8,8,8]"]
     run_dir = _train(tmp_path, celeba_root, extra)
     m = _evaluate(run_dir, tmp_path / "eval", ["eval.k=4", "figures.n_images=8", "figures.n_samples=8"])
     assert m["n_examples"] == 8 and m["nll_iwae"] <= m["neg_elbo"]
@@ -163,6 +172,23 @@ def test_celeba_checkpoint_gives_colour_64px_figures(tmp_path, celeba_root):
     (width, height), mode = _size(run_dir / "figures" / "result.png")
     assert height == 2 * (2 * tile + 2 + 6 + tile + 2) and width > 2 * (8 * tile + 2) and mode == "RGB"
     assert not (run_dir / "figures" / "manifold.png").exists()  # latent_dim 4: no 2-D manifold
+
+
+def test_conditional_vamp_checkpoint_adds_samples_per_class_and_pseudo_inputs(tmp_path, mnist_root):
+    extra = ["dataset.val_size=40", "model=conditional", "prior=vamp", "prior.components=20"]
+    run_dir = _train(tmp_path, mnist_root, extra)
+    m = _evaluate(
+        run_dir,
+        tmp_path / "eval",
+        ["eval.k=4", "eval.n=30", "eval.quality=false", "eval.expost_components=0", "figures.per_row=6"],
+    )
+    assert m["n_examples"] == 30 and m["nll_iwae"] <= m["neg_elbo"]  # IWAE ≥ ELBO on the same samples
+    figures = run_dir / "figures"
+    (width, height), _ = _size(figures / "samples_per_class.png")
+    assert height == 2 * (10 * 30 + 2) and width > 2 * (6 * 30 + 2)  # 10 digits × 6 codes, labelled
+    assert _size(figures / "pseudo_inputs.png")[0] == (6 * 30 + 2, 4 * 30 + 2)  # 20 pseudo-inputs, 6 a row
+    _, images = read_events(run_dir / "tensorboard")
+    assert {"eval/samples_per_class", "eval/pseudo_inputs"} <= set(images)
 
 
 def _eval_cli(args):

@@ -13,10 +13,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli_env, cli_overrides, run_train_cli, train_command, write_celeba, write_mnist
+from conftest import (
+    ROOT,
+    cli_env,
+    cli_overrides,
+    compose_config,
+    run_train_cli,
+    tiny_overrides,
+    train_command,
+    write_celeba,
+    write_mnist,
+)
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from vaelab.checkpoints import check_fits
+from vaelab.errors import UserError
 from vaelab.rundir import config_drift, discard_failed_attempt, resume_args, resume_command
+from vaelab.train import run
 
 EVAL_SCRIPT = ROOT / "src" / "eval.py"
 
@@ -60,7 +74,7 @@ def test_resume_alone_composes_the_runs_config_and_keeps_its_record(celeba_run):
     assert resumed.latent_dim == 6 and resumed.paths.data_dir == str(data)
     assert resumed.trainer.max_epochs == 2
     hparams = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]
-    assert hparams["latent_dim"] == 6
+    assert hparams["latent_dims"] == [6]
     assert "differs from the run's record" not in first.stdout + first.stderr
 
     # ckpt_path=last finds the newest run under the log folder; the command line's key wins
@@ -128,7 +142,7 @@ def test_the_printed_resume_command_works_as_printed(tmp_path):
     """SIGTERM, then the 'Resume with:' line run as printed (no other override) finishes the run."""
     data = write_mnist(tmp_path / "digits", n_train=840, n_test=40)
     args = [*cli_overrides(tmp_path, data), "callbacks.resume_checkpoints.every_n_steps=1"]
-    args = [a for a in args if not a.startswith("trainer.limit_train_batches")] + ["model.hidden_dims=[32]"]
+    args = [a for a in args if not a.startswith("trainer.limit_train_batches")] + ["net.hidden=[32]"]
     proc = subprocess.Popen(
         train_command(args),
         cwd=ROOT,
@@ -186,14 +200,17 @@ def test_resume_args_add_the_record_let_the_command_line_win_and_are_idempotent(
 
 
 def test_config_drift_names_keys_the_command_line_did_not_set(tmp_path):
-    run = _fake_run(tmp_path, ["latent_dim=6"], {"latent_dim": 6, "model": {"lr": 0.001, "beta": 1.0}})
+    saved = {"latent_dim": 6, "optimizer": {"lr": 0.001}, "objective": {"beta": 1.0}}
+    run = _fake_run(tmp_path, ["latent_dim=6"], saved)
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    now = OmegaConf.create({"latent_dim": 6, "model": {"lr": 0.01, "beta": 2.0}, "ckpt_path": ckpt})
+    now = OmegaConf.create(
+        {"latent_dim": 6, "optimizer": {"lr": 0.01}, "objective": {"beta": 2.0}, "ckpt_path": ckpt}
+    )
     own = run / ".hydra" / "resume-1"
-    warning = config_drift(now, run, own, ["latent_dim=6", f"ckpt_path={ckpt}", "model.lr=0.01"])
-    assert "model.beta: 1.0 -> 2.0" in warning
-    assert "model.lr" not in warning and "latent_dim" not in warning and "ckpt_path" not in warning
-    same = OmegaConf.create({"latent_dim": 6, "model": {"lr": 0.001, "beta": 1.0}, "ckpt_path": ckpt})
+    warning = config_drift(now, run, own, ["latent_dim=6", f"ckpt_path={ckpt}", "optimizer.lr=0.01"])
+    assert "objective.beta: 1.0 -> 2.0" in warning
+    assert "optimizer.lr" not in warning and "latent_dim" not in warning and "ckpt_path" not in warning
+    same = OmegaConf.create({**saved, "ckpt_path": ckpt})
     assert config_drift(same, run, own, [f"ckpt_path={ckpt}"]) is None
 
 
@@ -232,3 +249,62 @@ def test_a_failed_start_keeps_a_named_folder_that_existed_before(tmp_path, monke
     with pytest.raises(RuntimeError), discard_failed_attempt(mine, mine / ".hydra", tmp_path):
         raise RuntimeError("failed before training")
     assert (mine / "notes.log").read_text() == "my own notes\n"
+
+
+# -- a checkpoint of the vaelab before models were composed from parts ---------------------------
+# the hyper-parameters such a checkpoint holds (one run's, as written), and a few of its tensors
+OLD_HPARAMS = {
+    "image_shape": [1, 28, 28],
+    "latent_dim": 2,
+    "net": "mlp",
+    "hidden_dims": [400],
+    "channels": [32, 64, 128, 256],
+    "likelihood": "gaussian",
+    "sigma": 0.1,
+    "learn_sigma": False,
+    "beta": 1.0,
+    "kl_warmup_steps": 0,
+    "lr": 0.001,
+    "weight_decay": 0.0,
+    "compile": False,
+    "channels_last": False,
+}
+
+
+def _old_checkpoint() -> dict:
+    state = {
+        "vae.encoder.net.0.weight": torch.zeros(400, 784),
+        "vae.decoder.net.0.weight": torch.zeros(400, 2),
+    }
+    return {"hyper_parameters": dict(OLD_HPARAMS), "state_dict": state, "global_step": 430, "epoch": 0}
+
+
+def _says_older_vaelab(message: str, path) -> None:
+    assert "\n" not in message  # one paragraph
+    assert message.startswith(f"Checkpoint {path} was written by an older vaelab")
+    assert "this version cannot rebuild" in message and "latent_dim=2" in message and "net='mlp'" in message
+    assert "Retrain" in message and "with the vaelab version that wrote it" in message
+    assert "tensors missing" not in message  # not mistaken for a network of another shape
+
+
+def test_a_checkpoint_of_an_older_vaelab_is_named_as_such():
+    model = instantiate(compose_config(["latent_dim=2"]).model, image_shape=(1, 28, 28), n_conditions=10)
+    with pytest.raises(UserError) as err:
+        check_fits(_old_checkpoint(), model, "old/last.ckpt")
+    _says_older_vaelab(str(err.value), "old/last.ckpt")
+    # parts given as strings tell an older checkpoint apart even beside a latent_dims key
+    ckpt = _old_checkpoint()
+    ckpt["hyper_parameters"]["latent_dims"] = [2]
+    with pytest.raises(UserError, match="written by an older vaelab"):
+        check_fits(ckpt, model, "old/last.ckpt")
+
+
+def test_resuming_from_a_checkpoint_of_an_older_vaelab_stops_before_training(tmp_path, mnist_root):
+    path = tmp_path / "old" / "last.ckpt"
+    path.parent.mkdir()
+    torch.save(_old_checkpoint(), path)
+    over = tiny_overrides(mnist_root, tmp_path / "run", tmp_path / "cache") + ["dataset.val_size=40"]
+    with pytest.raises(UserError) as err:
+        run(compose_config([*over, "latent_dim=2", f"ckpt_path={path}"]))
+    _says_older_vaelab(str(err.value), path)
+    assert not (tmp_path / "run" / "checkpoints").exists()

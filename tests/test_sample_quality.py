@@ -110,3 +110,26 @@ def test_a_training_run_logs_sample_quality_at_each_validation_epoch(tmp_path):
     assert len(scalars["quality/samples/fd"]) == 2  # one point per validation epoch
     assert all(0 <= v <= 1 for v in scalars["quality/samples/confident"])
     assert list((tmp_path / "cache").glob("judge-mnist-*.pt"))
+
+
+def test_a_conditional_vae_reconstructs_the_held_out_images_with_their_labels():
+    from vaelab.model.vae import VAE
+    from vaelab.sample_quality import sample_quality
+
+    torch.manual_seed(0)
+    vae = VAE(
+        (1, 8, 8),
+        [2],
+        net={"_target_": "vaelab.model.nets.mlp.MLP", "hidden": [8]},
+        likelihood={"_target_": "vaelab.model.likelihoods.gaussian.Gaussian"},
+        prior={"_target_": "vaelab.model.priors.normal.StandardNormal"},
+        n_conditions=10,
+    ).eval()
+    seen, reconstruct = [], vae.reconstruct
+    vae.reconstruct = lambda x, y=None: seen.append(y) or reconstruct(x, y)
+    judge = Judge((1, 8, 8), n_outputs=10, multi_label=False).eval()
+    images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(20) % 7
+    scores = sample_quality(vae, judge, images, images.flip(0), 12, held_out_labels=labels)
+    assert len(seen) == 1 and torch.equal(seen[0], labels[:12])  # their own labels, not cycled classes
+    assert {"quality/samples/fd", "quality/reconstructions/fd", "quality/real/fd"} <= set(scores)

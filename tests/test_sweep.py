@@ -28,18 +28,18 @@ def has_plugin(name: str) -> bool:
 
 
 def test_two_by_two_multirun_ends_with_summary_table_plot_and_hparams(tmp_path, mnist_root):
-    args = ["-m", "latent_dim=2,3", "model=mlp,conv", "model.channels=[4,4]"]
+    args = ["-m", "latent_dim=2,3", "net=mlp,conv"]
     proc = run_train_cli(args + cli_overrides(tmp_path, mnist_root))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     # job folders (and so TensorBoard's run names) carry the swept overrides only
-    assert [(r["job"], r["latent_dim"], r["model"]) for r in rows] == [
-        ("0_latent_dim-2+model-mlp", "2", "mlp"),
-        ("1_latent_dim-2+model-conv", "2", "conv"),
-        ("2_latent_dim-3+model-mlp", "3", "mlp"),
-        ("3_latent_dim-3+model-conv", "3", "conv"),
+    assert [(r["job"], r["latent_dim"], r["net"]) for r in rows] == [
+        ("0_latent_dim-2+net-mlp", "2", "mlp"),
+        ("1_latent_dim-2+net-conv", "2", "conv"),
+        ("2_latent_dim-3+net-mlp", "3", "mlp"),
+        ("3_latent_dim-3+net-conv", "3", "conv"),
     ]
     for row in rows:  # the table's numbers are each job's own metrics.json
         metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
@@ -48,12 +48,12 @@ def test_two_by_two_multirun_ends_with_summary_table_plot_and_hparams(tmp_path, 
     assert "paths.data_dir" not in rows[0]  # overrides shared by every job are not columns
     markdown = (sweep / "summary.md").read_text()
     assert markdown.count("\n| ") == 4 + 1  # header + one row per job
-    assert "| job | latent_dim | model | val/elbo |" in proc.stdout  # printed at the end of the run
+    assert "| job | latent_dim | net | val/elbo |" in proc.stdout  # printed at the end of the run
     assert "4 jobs; written to" in proc.stdout
-    assert Image.open(sweep / "summary.png").size[0] > 300  # val/elbo vs latent_dim, a line per model
+    assert Image.open(sweep / "summary.png").size[0] > 300  # val/elbo vs latent_dim, a line per net
     infos, params, metric_tags = read_hparams(sweep / rows[1]["job"] / "tensorboard")
-    assert infos[:3] == [("latent_dim", True), ("model", True), ("likelihood", False)]  # swept first
-    assert params["latent_dim"] == 2 and params["model"] == "conv" and params["max_epochs"] == 1
+    assert infos[:3] == [("latent_dim", True), ("net", True), ("likelihood", False)]  # swept first
+    assert params["latent_dim"] == 2 and params["net"] == "conv" and params["max_epochs"] == 1
     assert metric_tags[:2] == ["val/elbo", "test/elbo"] and "test/loss" in metric_tags
     scalars, _ = read_events(sweep / rows[1]["job"] / "tensorboard")
     assert not [tag for tag in scalars if tag.startswith("final/")]  # no single-dot charts
@@ -70,9 +70,13 @@ def _job(sweep: Path, name: str, overrides: list[str], metrics: dict | None = No
 
 def test_summary_keeps_failed_jobs_and_adds_eval_metrics(tmp_path):
     common = "paths.data_dir=/data"
-    _job(tmp_path, "0", ["latent_dim=2", "model.lr=1e-3", common], {"val/elbo": -100.0, "train/loss": 1.0})
-    _job(tmp_path, "1", ["latent_dim=16", "model.lr=1e-3", common])  # failed: no metrics.json
-    done = _job(tmp_path, "10_latent_dim-64", ["latent_dim=64", "model.lr=1e-2", common], {"val/elbo": -90.0})
+    _job(
+        tmp_path, "0", ["latent_dim=2", "optimizer.lr=1e-3", common], {"val/elbo": -100.0, "train/loss": 1.0}
+    )
+    _job(tmp_path, "1", ["latent_dim=16", "optimizer.lr=1e-3", common])  # failed: no metrics.json
+    done = _job(
+        tmp_path, "10_latent_dim-64", ["latent_dim=64", "optimizer.lr=1e-2", common], {"val/elbo": -90.0}
+    )
     (done / "eval").mkdir()  # where src/eval.py writes for a checkpoint of this job
     text_and_settings = {"bits_per_dim_formula": "NLL/(D ln 2) + 8", "seconds": 29.2, "global_step": 430}
     text_and_settings |= {"quality_n": 100, "quality/real/fd": 1.0, "quality/reconstructions/fd": 3.0}
@@ -80,7 +84,7 @@ def test_summary_keeps_failed_jobs_and_adds_eval_metrics(tmp_path):
     (tmp_path / "11").mkdir()  # not a job: no .hydra/overrides.yaml
     text = sweep_summary.summarize(tmp_path)
     header, rows = sweep_summary.table(sweep_summary.read_jobs(tmp_path))
-    assert header == ["job", "latent_dim", "model.lr", "val/elbo", "eval/k", "eval/nll_iwae"]
+    assert header == ["job", "latent_dim", "optimizer.lr", "val/elbo", "eval/k", "eval/nll_iwae"]
     assert rows[1] == ["1", "16", "1e-3", None, None, None]
     assert rows[2][0] == "10_latent_dim-64" and rows[2][-1] == 88.5  # job 10 after job 1
     assert "| 1 | 16 | 1e-3 | — | — | — |" in text  # a failed job keeps its row
@@ -90,8 +94,8 @@ def test_summary_keeps_failed_jobs_and_adds_eval_metrics(tmp_path):
 
 
 def test_summary_of_categorical_sweep_has_no_plot(tmp_path):
-    _job(tmp_path, "0", ["model=mlp"], {"val/elbo": -1.0})
-    _job(tmp_path, "1", ["model=conv"], {"val/elbo": -2.0})
+    _job(tmp_path, "0", ["net=mlp"], {"val/elbo": -1.0})
+    _job(tmp_path, "1", ["net=conv"], {"val/elbo": -2.0})
     text = sweep_summary.summarize(tmp_path)
     assert "(no numeric parameter to plot)" in text and not (tmp_path / "summary.png").exists()
 
@@ -112,7 +116,7 @@ def test_optuna_search_minimises_val_loss_over_lr_beta_latent_dim():
     cfg = compose_config(["+hparams_search=optuna"], with_hydra=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
-    assert set(sweeper.params) == {"model.lr", "model.beta", "latent_dim"}
+    assert set(sweeper.params) == {"optimizer.lr", "objective.beta", "latent_dim"}
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and sweeper.sampler.seed == cfg.seed
 
 

@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vaelab import swept
-from vaelab.hparams import hyperparameters, metric_tags, write_hparams
+from vaelab.hparams import KEY_HPARAMS, hyperparameters, metric_tags, write_hparams
 from vaelab.train import run
 
 
@@ -21,7 +21,7 @@ def test_train_curves_keep_first_step_every_nth_and_each_epochs_last(tmp_path, m
     8, 11; the first step (0) and the epochs' last (6, 13) are added, each exactly once."""
     over = tiny_overrides(mnist_root, tmp_path / "run", tmp_path / "cache") + ["dataset.val_size=40"]
     over += ["trainer.limit_train_batches=7", "trainer.log_every_n_steps=3", "trainer.max_epochs=2"]
-    metrics = run(compose_train(over + ["model.kl_warmup_steps=4"]))
+    metrics = run(compose_train(over + ["objective.warmup_steps=4"]))
     tb = tmp_path / "run" / "tensorboard"
     for tag in ("train/loss", "train/elbo", "train/recon", "train/kl", "train/beta"):
         assert scalar_steps(tb, tag) == [0, 2, 5, 6, 8, 11, 13], tag
@@ -37,23 +37,23 @@ def test_train_curves_keep_first_step_every_nth_and_each_epochs_last(tmp_path, m
     assert [name for name, _ in infos] == list(hyperparameters(compose_train(over), {}))
     assert not any(differs for _, differs in infos)  # a single run: nothing swept
     assert values["latent_dim"] == 32 and values["dataset"] == "mnist" and values["max_epochs"] == 2
-    assert len(values) == 9  # the short list, not every config leaf
+    assert len(values) == len(KEY_HPARAMS)  # the short list, not every config leaf
 
 
 def test_hparams_lead_with_the_swept_keys_and_add_no_scalar(tmp_path, compose_train):
-    cfg = compose_train(["model=conv", "latent_dim=2", "model.lr=0.01"])
-    params = hyperparameters(cfg, {"model.lr": "0.01", "model": "conv", "latent_dim": "2"})
-    assert list(params)[:3] == ["model.lr", "model", "latent_dim"]
-    assert params["model.lr"] == 0.01 and params["model"] == "conv" and params["latent_dim"] == 2
+    cfg = compose_train(["net=conv", "latent_dim=2", "optimizer.lr=0.01"])
+    params = hyperparameters(cfg, {"optimizer.lr": "0.01", "net": "conv", "latent_dim": "2"})
+    assert list(params)[:3] == ["optimizer.lr", "net", "latent_dim"]
+    assert params["optimizer.lr"] == 0.01 and params["net"] == "conv" and params["latent_dim"] == 2
     assert "lr" not in params  # named by its swept key already
     tags = metric_tags(
         {"val/loss": 1.0, "test/elbo": -2.0, "val/elbo": -1.0, "train/loss": 3.0, "val/kl": None}
     )
     assert tags == ["val/elbo", "test/elbo", "val/loss"]
-    write_hparams(str(tmp_path), params, {"model.lr", "model", "latent_dim"}, tags)
+    write_hparams(str(tmp_path), params, {"optimizer.lr", "net", "latent_dim"}, tags)
     infos, values, metric_names = read_hparams(tmp_path)
-    assert infos[:4] == [("model.lr", True), ("model", True), ("latent_dim", True), ("likelihood", False)]
-    assert metric_names == tags and values["model"] == "conv"
+    assert infos[:4] == [("optimizer.lr", True), ("net", True), ("latent_dim", True), ("likelihood", False)]
+    assert metric_names == tags and values["net"] == "conv"
     scalars, _ = read_events(tmp_path)
     assert scalars == {}  # the metric columns read the run's curves: no point added to them
 
@@ -62,15 +62,15 @@ def test_job_folder_names_hold_the_swept_overrides_and_parse_as_a_ckpt_path(monk
     task = [
         "latent_dim=2",
         "trainer.max_epochs=1",
-        "model=conv",
+        "net=conv",
         "paths.data_dir=/data",
-        "model.channels=[4,4]",
+        "net.channels=[4,4]",
     ]
-    monkeypatch.setenv(swept.ENV, "latent_dim,model")
-    assert swept.job_dirname(0, task) == "0_latent_dim-2+model-conv"
+    monkeypatch.setenv(swept.ENV, "latent_dim,net")
+    assert swept.job_dirname(0, task) == "0_latent_dim-2+net-conv"
     monkeypatch.delenv(swept.ENV)  # a launcher that drops the environment: all but places
     name = swept.job_dirname(12, task)
-    assert name == "12_latent_dim-2+trainer.max_epochs-1+model-conv+model.channels-_4_4_"
+    assert name == "12_latent_dim-2+trainer.max_epochs-1+net-conv+net.channels-_4_4_"
     (override,) = OverridesParser.create().parse_overrides([f"ckpt_path=/out/{name}/checkpoints/last.ckpt"])
     assert override.value() == f"/out/{name}/checkpoints/last.ckpt"  # no quotes needed
     assert swept.job_dirname(3, ["paths.data_dir=/data"]) == "3"
@@ -85,21 +85,21 @@ def test_swept_keys_callback_reads_the_command_lines_sweeps_and_a_search(monkeyp
         {
             "hydra": {
                 "overrides": {
-                    "task": ["latent_dim=2,16", "trainer.max_epochs=1", "model=mlp,conv", "+x=[1,2]"]
+                    "task": ["latent_dim=2,16", "trainer.max_epochs=1", "net=mlp,conv", "+x=[1,2]"]
                 },
-                "sweeper": {"params": {"model.lr": "tag(log, interval(1e-4, 1e-2))"}},
+                "sweeper": {"params": {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))"}},
             }
         }
     )
     callback = swept.SweptKeys()
     callback.on_multirun_start(cfg)
-    assert os.environ[swept.ENV] == "latent_dim,model,model.lr"
+    assert os.environ[swept.ENV] == "latent_dim,net,optimizer.lr"
     assert swept.swept_overrides(
-        ["latent_dim=2", "trainer.max_epochs=1", "model=conv", "model.lr=0.001"]
+        ["latent_dim=2", "trainer.max_epochs=1", "net=conv", "optimizer.lr=0.001"]
     ) == [
         "latent_dim=2",
-        "model=conv",
-        "model.lr=0.001",
+        "net=conv",
+        "optimizer.lr=0.001",
     ]
     callback.on_multirun_end(cfg)
     assert swept.ENV not in os.environ

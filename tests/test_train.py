@@ -32,8 +32,12 @@ def test_mnist_two_steps_writes_checkpoint_metrics_and_tensorboard(tmp_path, mni
     out = tmp_path / "run"
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
-    assert ckpt["hyper_parameters"]["net"] == "mlp"
-    assert ckpt["hyper_parameters"]["image_shape"] == [1, 28, 28]
+    assert ckpt["hyper_parameters"]["net"] == {
+        "_target_": "vaelab.model.nets.mlp.MLP",
+        "hidden": [400],
+        "activation": "relu",
+    }
+    assert list(ckpt["hyper_parameters"]["image_shape"]) == [1, 28, 28]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["val/loss"] == pytest.approx(metrics["val/loss"])
     assert saved["test/elbo"] == pytest.approx(-saved["test/loss"])  # β = 1
@@ -52,14 +56,15 @@ def test_mnist_two_steps_writes_checkpoint_metrics_and_tensorboard(tmp_path, mni
 def test_celeba_conv_logs_64px_colour_grids_and_latent_dim(tmp_path, celeba_root, compose_train):
     cfg = compose_train(
         _overrides(tmp_path, celeba_root)
-        + ["dataset=celeba", "latent_dim=6", "dataset.decode_workers=1", "model.channels=[8,8,8,8]"]
+        + ["dataset=celeba", "latent_dim=6", "dataset.decode_workers=1", "net.channels=[8,8,8,8]"]
     )
-    assert cfg.model.net == "conv"  # celeba selects the conv net
+    assert cfg.model.net._target_ == "vaelab.model.nets.conv.Conv"  # celeba selects the conv net
     run(cfg)
     out = tmp_path / "run"
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["hyper_parameters"]["latent_dim"] == 6
-    assert ckpt["hyper_parameters"]["image_shape"] == [3, 64, 64]
+    assert ckpt["hyper_parameters"]["latent_dims"] == [6]
+    assert ckpt["hyper_parameters"]["net"]["channels"] == [8, 8, 8, 8]
+    assert list(ckpt["hyper_parameters"]["image_shape"]) == [3, 64, 64]
     _, images = read_events(out / "tensorboard")
     samples = images["images/samples"][-1]
     assert (samples.width, samples.height) == (8 * 66 + 2, 66 + 2)
@@ -109,7 +114,7 @@ def test_bernoulli_decoder_with_binarised_mnist_trains(tmp_path, mnist_root, com
         _overrides(tmp_path, mnist_root)
         + [
             "dataset.val_size=40",
-            "model.likelihood=bernoulli",
+            "likelihood=bernoulli",
             "dataset.binarize=true",
             "latent_dim=2",
         ]
@@ -120,7 +125,9 @@ def test_bernoulli_decoder_with_binarised_mnist_trains(tmp_path, mnist_root, com
 
 
 def test_learned_sigma_is_logged_and_trained(tmp_path, mnist_root, compose_train):
-    cfg = compose_train(_overrides(tmp_path, mnist_root) + ["dataset.val_size=40", "model.learn_sigma=true"])
+    cfg = compose_train(
+        _overrides(tmp_path, mnist_root) + ["dataset.val_size=40", "likelihood=gaussian_learned"]
+    )
     run(cfg)
     scalars, _ = read_events(tmp_path / "run" / "tensorboard")
     assert len(scalars["train/sigma"]) == 2 and scalars["train/sigma"][-1] != pytest.approx(0.1, abs=1e-7)

@@ -30,6 +30,9 @@ class ImageGrids(L.Callback):
     - ``images/reconstructions``: validation originals above their reconstructions;
     - ``images/samples``: decodings of a fixed set of prior draws (same z every epoch);
     - ``images/interpolations``: latent interpolations between pairs of validation images.
+
+    A conditional VAE reconstructs and encodes the validation images with their own labels;
+    its samples cycle through the classes.
     """
 
     def __init__(
@@ -45,11 +48,16 @@ class ImageGrids(L.Callback):
         self.n_reconstructions, self.n_samples = n_reconstructions, n_samples
         self.n_interpolations, self.steps, self.seed = n_interpolations, interpolation_steps, seed
         self._val_images: torch.Tensor | None = None
+        self._val_labels: torch.Tensor | None = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if batch_idx == 0 and self._val_images is None:  # validation is unshuffled: same images
             need = max(self.n_reconstructions, 2 * self.n_interpolations)
             self._val_images = batch[0][:need].detach()
+            labelled = (
+                len(batch) > 1 and isinstance(batch[1], torch.Tensor) and len(batch[1]) == len(batch[0])
+            )
+            self._val_labels = batch[1][:need].detach() if labelled else None
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self._val_images is None:
@@ -59,12 +67,17 @@ class ImageGrids(L.Callback):
         vae = pl_module.vae
         g = torch.Generator().manual_seed(self.seed)
         z = vae.prior_sample(self.n_samples, generator=g)
-        x = self._val_images
+        x, y = self._val_images, self._val_labels if vae.n_conditions else None
         pairs = min(self.n_interpolations, len(x) // 2)
+        y_a, y_b = (None, None) if y is None else (y[:pairs], y[pairs : 2 * pairs])
         grids = {
-            "images/reconstructions": reconstruction_grid(vae, x[: self.n_reconstructions]),
+            "images/reconstructions": reconstruction_grid(
+                vae, x[: self.n_reconstructions], y=None if y is None else y[: self.n_reconstructions]
+            ),
             "images/samples": sample_grid(vae, z),
-            "images/interpolations": interpolation_grid(vae, x[:pairs], x[pairs : 2 * pairs], self.steps),
+            "images/interpolations": interpolation_grid(
+                vae, x[:pairs], x[pairs : 2 * pairs], self.steps, y_a, y_b
+            ),
         }
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -116,8 +116,32 @@ def _not_a_checkpoint(path: Path, err: Exception) -> str:
     return f"{path} is not a readable checkpoint ({size} bytes, {kind}). {USE_INSTEAD}"
 
 
+def written_by_older_vaelab(hparams: dict) -> bool:
+    """Whether checkpoint hyper-parameters come from the vaelab before models were composed from
+    parts: one ``latent_dim`` (no ``latent_dims``) and parts named by strings (``net: mlp``)."""
+    old_size = "latent_dim" in hparams and "latent_dims" not in hparams
+    return old_size or any(isinstance(hparams.get(k), str) for k in ("net", "likelihood", "prior"))
+
+
+def check_current_format(ckpt: dict, path: str | Path) -> None:
+    """Raise :class:`UserError` for a checkpoint whose hyper-parameters this vaelab cannot rebuild
+    into a model (call it before ``VAEModule(**ckpt["hyper_parameters"])``)."""
+    saved = ckpt.get("hyper_parameters") or {}
+    if not written_by_older_vaelab(saved):
+        return
+    shown = ", ".join(f"{k}={saved[k]!r}" for k in ("latent_dim", "net", "likelihood") if k in saved)
+    raise UserError(
+        f"Checkpoint {path} was written by an older vaelab, whose model hyper-parameters"
+        f"{f' ({shown})' if shown else ''} this version cannot rebuild: a model is now composed "
+        "from net, likelihood, prior and objective specs with latent_dims per stochastic layer. "
+        "Retrain the model with this version (a fresh run, without ckpt_path), or resume or "
+        "evaluate this checkpoint with the vaelab version that wrote it."
+    )
+
+
 def check_fits(ckpt: dict, model: torch.nn.Module, path: str | Path) -> None:
     """Raise :class:`UserError` unless ``ckpt`` was trained with ``model``'s structure."""
+    check_current_format(ckpt, path)
     saved, wanted = ckpt.get("hyper_parameters") or {}, dict(getattr(model, "hparams", {}))
     keys = STRUCTURE
     diffs = [

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vaelab.data.base import SPLITS
-from vaelab.errors import UserError
+from vaelab.errors import UserError, renamed
 from vaelab.model.parts import accepted_keys
 
 
@@ -128,6 +128,20 @@ RULES: tuple[Rule, ...] = (
     boolean("model.conditional"),
     boolean("model.compile"),
     boolean("model.channels_last"),
+    # the parts' most-set options, named as typed on the command line (each part also checks
+    # its own options when it is built; these catch a bad value before anything is built)
+    number("optimizer.lr", "1e-3"),
+    number("optimizer.weight_decay", "0.0", include_low=True),
+    number("likelihood.sigma", "0.1"),
+    number("objective.beta", "1.0", include_low=True),
+    whole("objective.warmup_steps", 0, "1000"),
+    Rule(
+        "net.hidden",
+        lambda v: isinstance(v, list | tuple) and all(_int(h) and h > 0 for h in v),
+        "a list of whole numbers > 0 (the hidden layers' widths)",
+        "[400]",
+    ),
+    int_list("net.channels", "[32,64,128,256]"),
     # -- dataset ------------------------------------------------------------------
     text("dataset.root", "../shared/data"),
     text("dataset.cache_dir", "~/.cache/vaelab"),
@@ -224,6 +238,7 @@ RULES: tuple[Rule, ...] = (
     # -- evaluation (conf/eval.yaml; absent from training configs, so skipped there) ---
     one_of("eval.split", SPLITS),
     positive_int("eval.k", "500"),
+    whole("eval.n", 1, "1000", nullable=True),
     positive_int("eval.batch_size", "100"),
     positive_int("eval.max_decodes", "2000"),
     number("eval.active_threshold", "0.01", include_low=True),
@@ -307,7 +322,10 @@ def _unknown_key_problems(cfg: DictConfig) -> list[str]:
             continue
         valid |= set(SCHEDULER_KEYS) if path == "scheduler" else set()
         for key in sorted(set(node.keys()) - valid - HYDRA_KEYS):
-            out.append(f"{path}.{key} is not a setting of {target_name}: {_valid_keys_hint(key, valid)}")
+            moved = renamed(f"{path}.{key}", _get(cfg, f"{path}.{key}"))
+            out.append(
+                moved or f"{path}.{key} is not a setting of {target_name}: {_valid_keys_hint(key, valid)}"
+            )
     return out
 
 
@@ -352,8 +370,11 @@ def _part_spec_problems(cfg: DictConfig) -> list[str]:
             continue
         if not (OmegaConf.is_dict(value) and "_target_" in value):
             group = "net" if key == "top_net" else key
+            shown = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+            moved = renamed(f"model.{key}", shown) if isinstance(shown, str) else None
             out.append(
-                f"model.{key}={value!r} is not a {group} spec: parts are chosen with their own config "
+                moved
+                or f"model.{key}={value!r} is not a {group} spec: parts are chosen with their own config "
                 f"group now, {group}=<option> (the files in conf/{group}), and set with {group}.<option>=…"
             )
     return out

@@ -133,18 +133,24 @@ def check_run_dir(trainer) -> None:
         )
 
 
-def scale_summary(trainer, batch_size: int, lr: float) -> str:
+def scale_summary(trainer, batch_size: int, lr: float | None) -> str:
     """One line: processes, effective batch size and the learning-rate rule (lr is never scaled).
 
     The rule: every process keeps the configured batch, so the effective batch grows with the
-    number of processes while ``model.lr`` stays as configured; the linearly scaled lr is shown
-    for whoever wants to apply it by hand.
+    number of processes while ``optimizer.lr`` stays as configured; the linearly scaled lr is
+    shown for whoever wants to apply it by hand. ``lr`` is the optimiser spec's ``lr``
+    (``model.hparams.optimizer["lr"]``), None for an optimiser configured without one.
     """
     world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
     effective = batch_size * world * accumulate
+    rule = (
+        f"lr {lr:g} as configured (rule: per-process batch kept, lr not scaled; "
+        f"the linear-scaling rule would be optimizer.lr={lr * world * accumulate:g})"
+        if lr is not None
+        else "the optimiser's lr as configured (rule: per-process batch kept, lr not scaled)"
+    )
     return (
         f"scale: {world} process(es) = {trainer.num_nodes} node(s) x {trainer.num_devices} device(s); "
         f"effective batch size {effective} = {batch_size} per process x {world} x {accumulate} "
-        f"accumulated; lr {lr:g} as configured (rule: per-process batch kept, lr not scaled; "
-        f"the linear-scaling rule would be model.lr={lr * world * accumulate:g})"
+        f"accumulated; {rule}"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import textwrap
 
@@ -52,6 +53,41 @@ def _report_and_exit(err: Exception, message: str) -> None:
     sys.exit(2)
 
 
+# -- spellings from before the model was composed from parts ------------------------------
+# old override (a key, or group=option) -> its new spelling; "{value}" stands for the value given
+RENAMED = {
+    "model=mlp": "net=mlp",
+    "model=conv": "net=conv",
+    "model.net": "net={value}",
+    "model.hidden_dims": "net.hidden={value}",
+    "model.channels": "net.channels={value}",
+    "model.likelihood": "likelihood={value}",
+    "model.sigma": "likelihood.sigma={value}",
+    "model.learn_sigma": "likelihood=gaussian_learned",
+    "model.beta": "objective.beta={value}",
+    "model.kl_warmup_steps": "objective.warmup_steps={value}",
+    "model.lr": "optimizer.lr={value}",
+    "model.weight_decay": "optimizer.weight_decay={value}",
+    "model.latent_dim": "latent_dim={value}",
+}
+
+
+def renamed(old: str, value: object = None) -> str | None:
+    """One sentence naming the new spelling of an old override (``old``: a key such as
+    ``model.lr``, or ``group=option`` such as ``model=conv``), or None when it was not renamed."""
+    new = RENAMED.get(old)
+    if new is None:
+        return None
+    if "=" in old:  # a group option: the whole override was renamed
+        return f"{old} is the spelling from before the model was composed from parts; it is now {new}."
+    given = f"{old}={value}" if value is not None else old
+    spelled = new.format(value=value if value is not None else "…")
+    new_key = new.split("=", 1)[0]
+    if "{value}" not in new:
+        return f"{given} is the old spelling: {old} is now {new}."
+    return f"{given} is the old spelling: {old} is now {new_key}, so pass {spelled}."
+
+
 # -- Hydra's own errors ------------------------------------------------------------------
 # optional Hydra plugins: the config each one provides -> (what needs it, package, pyproject extra)
 PLUGINS = {
@@ -83,6 +119,10 @@ def describe_hydra_error(err: Exception) -> str:
         return plugin
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, option = err.missing_cfg_file.rsplit("/", 1)
+        moved = renamed(f"{group}={option}")
+        if moved:
+            now = f" ({group}= now chooses among {', '.join(err.options)})" if err.options else ""
+            return moved[:-1] + now + "."
         valid = ", ".join(err.options) if err.options else "the files in conf/" + group
         return f"{first_line}: {group}={option} is not an option; valid options for {group} are {valid}."
     if isinstance(err, OverrideParseException):
@@ -92,6 +132,9 @@ def describe_hydra_error(err: Exception) -> str:
         )
     cause = err.__cause__
     full_key = getattr(cause, "full_key", None)
+    if full_key and "not in struct" in str(cause) and renamed(full_key):
+        given = re.search(rf"\+{re.escape(full_key)}=(.*)$", str(err), re.MULTILINE)
+        return renamed(full_key, given.group(1).strip() if given else None)
     if full_key and "not in struct" in str(cause):
         parent = getattr(cause, "parent_node", None)
         keys = parent.keys() if hasattr(parent, "keys") else []

@@ -27,7 +27,7 @@ from vaelab.config import config_tree, validate
 from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
 from vaelab.expost import GaussianMixture, fit_mixture
-from vaelab.figures import FigureSettings, figure_makers, labelled_samples, publish
+from vaelab.figures import FigureSettings, attribute_names, figure_makers, labelled_samples, publish
 from vaelab.judges import load_or_train_judge
 from vaelab.metrics import DataModel, active_units, fid_scores, inception_fid, likelihood_metrics
 from vaelab.module import VAEModule
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 
 EVAL_KEYS = ("task_name", "ckpt_path", "run_dir", "eval", "figures", "fid")
+# config keys that build the model: an evaluation rebuilds it from the checkpoint instead
+MODEL_KEYS = ("model", "latent_dim", "net", "likelihood", "prior")
 
 
 def run_dir_of(ckpt_path: str | None, fallback: str = ".") -> str:
@@ -65,6 +67,7 @@ def load_checkpoint(path: str | None) -> dict:
     ckpt = checkpoints.load_checkpoint(path)
     if "hyper_parameters" not in ckpt:
         raise UserError(f"ckpt_path={path} is not a vaelab checkpoint (no state_dict/hyper_parameters).")
+    checkpoints.check_current_format(ckpt, path)
     return ckpt
 
 
@@ -80,7 +83,7 @@ def _overridden_keys(overrides: Sequence[str]) -> list[str]:
     keys = []
     for o in OverridesParser.create().parse_overrides(list(overrides)):
         key = o.key_or_group
-        if key == "latent_dim" or key.split(".")[0] == "model":
+        if key.split(".")[0] in MODEL_KEYS:
             raise UserError(
                 f"{o.input_line} cannot apply to an evaluation: the model is rebuilt from the "
                 f"checkpoint's hyper-parameters, which must match its weights. Evaluate another "
@@ -118,16 +121,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _label_names(datamodule) -> list[str] | None:
-    """Attribute names from CelebA's list_attr_celeba.txt header, when the dataset has one."""
-    path = getattr(datamodule, "attr_file", None)
-    if path is None or not Path(path).is_file():
-        return None
-    with open(path) as f:
-        f.readline()
-        return f.readline().split()
-
-
 def _load_split(cfg: DictConfig, image_shape: tuple) -> tuple[object, dict]:
     datamodule = instantiate(cfg.dataset)
     datamodule.splits = datamodule.load_splits()  # kept: the judge and the ex-post prior read it too
@@ -141,12 +134,14 @@ def _load_split(cfg: DictConfig, image_shape: tuple) -> tuple[object, dict]:
             f"{cfg.dataset._target_} gives {tuple(split['images'].shape[1:])}: evaluate it on the "
             f"dataset it was trained on (leave dataset=... out to use the run's)."
         )
+    if cfg.eval.n:  # the split's first n examples
+        split = {key: value[: cfg.eval.n] for key, value in split.items()}
     if len(split["images"]) == 0:
         raise UserError(f"eval.split={cfg.eval.split} has no images in {cfg.dataset.root}.")
     return datamodule, split
 
 
-def _fid(vae, images, fid_cfg: DictConfig, batch_size: int) -> dict:
+def _fid(vae, images, fid_cfg: DictConfig, batch_size: int, labels=None) -> dict:
     """FID numbers and a one-line note; FID never fails the evaluation."""
     metric, note = inception_fid(fid_cfg.weights_path)
     scores = {"fid": None, "fid_reconstructions": None}
@@ -154,7 +149,7 @@ def _fid(vae, images, fid_cfg: DictConfig, batch_size: int) -> dict:
         try:
             n = min(fid_cfg.n_samples, len(images))
             with Progress(3 * n, "FID: images through Inception", "images") as bar:
-                scores = fid_scores(vae, images, n, batch_size, metric, bar.update)
+                scores = fid_scores(vae, images, n, batch_size, metric, bar.update, labels)
             note = f"{scores['fid']:.2f} (samples), {scores['fid_reconstructions']:.2f} (reconstructions)"
         except Exception as err:  # optional extra: report, never fail
             note = f"failed: {err}"
@@ -172,11 +167,15 @@ def _expost_prior(cfg: DictConfig, vae, datamodule) -> GaussianMixture | None:
     train = datamodule.splits["train"]["images"]  # loaded by _load_split
     if datamodule.binarize:  # the model saw 0/1 images
         train = datamodule.fixed_binarization("train", train)
+    # a conditional VAE encodes each training image with its own label
+    labels = datamodule.splits["train"]["labels"] if vae.n_conditions else None
     device, means = next(vae.parameters()).device, []
     with Progress(len(train), f"ex-post prior: {k} Gaussians on the training codes", "images") as bar:
-        for chunk in train.split(1000):
-            means.append(vae.encode(to_unit_float(chunk).to(device))[0].cpu())
-            bar.update(len(chunk))
+        for start in range(0, len(train), 1000):
+            x = to_unit_float(train[start : start + 1000]).to(device)
+            y = None if labels is None else labels[start : start + 1000].to(device)
+            means.append(vae.encode(x, y)[0].cpu())
+            bar.update(len(x))
     return fit_mixture(torch.cat(means), k, seed=cfg.eval.seed)
 
 
@@ -205,12 +204,21 @@ def _quality(cfg: DictConfig, vae, datamodule, split: str, expost: GaussianMixtu
     if n < MIN_SET:
         log.warning("no sample-quality numbers: %d images per set, fewer than %d", n, MIN_SET)
         return {}
+    held_out_labels = datamodule.splits[other]["labels"] if vae.n_conditions else None
     torch.manual_seed(ev.seed)
     samplers = {} if expost is None else {"expost": _expost_sampler(vae, expost, ev.seed)}
     sets = 3 + len(samplers)
     with Progress(sets, f"sample quality: {n} images per set, {datamodule.name} judge", "sets") as bar:
         scores = sample_quality(
-            vae, judge, test, held_out, n, cfg.figures.sample_temperature, lambda _: bar.update(), samplers
+            vae,
+            judge,
+            test,
+            held_out,
+            n,
+            cfg.figures.sample_temperature,
+            lambda _: bar.update(),
+            samplers,
+            held_out_labels,
         )
     return {**scores, "quality_n": n, "judge_accuracy": round(accuracy, 4)}
 
@@ -279,10 +287,19 @@ def _numbers(cfg: DictConfig, vae, split: dict) -> tuple[dict, object]:
     gen = torch.Generator().manual_seed(ev.seed)
     with Progress(len(images), f"log p(x), importance sampling with k={ev.k}", "images") as bar:
         metrics, mu = likelihood_metrics(
-            vae, images, labels, data, ev.k, ev.batch_size, ev.max_decodes, ev.active_threshold, gen, bar.update
+            vae,
+            images,
+            labels,
+            data,
+            ev.k,
+            ev.batch_size,
+            ev.max_decodes,
+            ev.active_threshold,
+            gen,
+            bar.update,
         )
     metrics.update(
-        _fid(vae, images, cfg.fid, ev.batch_size),
+        _fid(vae, images, cfg.fid, ev.batch_size, labels),
         active_threshold=ev.active_threshold,
         bits_per_dim_formula=data.note,
     )
@@ -291,6 +308,8 @@ def _numbers(cfg: DictConfig, vae, split: dict) -> tuple[dict, object]:
 
 def _pictures(cfg: DictConfig, vae, split: dict, mu, label_names, expost=None) -> dict:
     drawn = {k: v for k, v in OmegaConf.to_container(cfg.figures, resolve=True).items() if k != "dir"}
+    if "class_attributes" in drawn:
+        drawn["class_attributes"] = tuple(drawn["class_attributes"])
     settings = FigureSettings(**drawn)
     n_shown = max(settings.n_images, 2 * settings.interpolation_pairs)
     x = to_unit_float(split["images"][:n_shown]).to(next(vae.parameters()).device)
@@ -332,7 +351,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     metrics, mu = _numbers(cfg, vae, split)
     expost = _expost_prior(cfg, vae, datamodule)
     metrics.update(_quality(cfg, vae, datamodule, cfg.eval.split, expost))
-    figures = _pictures(cfg, vae, split, mu, _label_names(datamodule), expost)
+    figures = _pictures(cfg, vae, split, mu, attribute_names(datamodule), expost)
     _export_samples(cfg, vae)
     step = int(ckpt.get("global_step", 0))
     metrics.update(

@@ -39,9 +39,10 @@ class DeferredCheck:
     ``watch`` (training step) keeps the loss and whether each term is finite, on the device;
     ``before_optimizer_step`` checks the gradients, sets the optimiser's ``found_inf`` (from the
     gradients alone under DDP, where they are identical on all ranks after the all-reduce, so
-    all ranks skip together) and writes a row [loss, one "ok" per term of the objective, gradient
-    ok, skipped] of a small device buffer. ``raise_if_found`` reads the buffer: the module calls it where the host
-    syncs anyway, and it runs by itself when the buffer is full.
+    all ranks skip together) and writes a row [loss, one "ok" per term of the objective (their
+    names found at the first watch), gradient ok, skipped] of a small device buffer.
+    ``raise_if_found`` reads the buffer: the module calls it where the host syncs anyway, and it
+    runs by itself when the buffer is full.
     """
 
     def __init__(self, rows: int, across_ranks: bool = False):
@@ -159,7 +160,9 @@ def _error(
 def _terms_phrase(terms: list[str]) -> str:
     if not terms:
         return "the β-weighted sum of finite terms is"
-    return f"the {terms[0]} term is" if len(terms) == 1 else f"the {' and '.join(terms)} terms are"
+    if len(terms) == 1:
+        return f"the {terms[0]} term is"
+    return f"the {', '.join(terms[:-1])} and {terms[-1]} terms are"
 
 
 def _last_checkpoint(trainer) -> str:

@@ -26,18 +26,22 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from vaelab.swept import override_key
 from vaelab.swept import swept_overrides as swept_items
 
-# the settings shown after the swept keys: column name -> config path
+# the settings shown after the swept keys: column name -> config path. A part's group (net,
+# likelihood, prior, objective) shows as its option (conv, gaussian_learned, …), see _part_name.
 KEY_HPARAMS = {
     "latent_dim": "latent_dim",
-    "model": "model.net",
-    "likelihood": "model.likelihood",
-    "beta": "model.beta",
-    "lr": "model.lr",
+    "net": "net",
+    "likelihood": "likelihood",
+    "lr": "optimizer.lr",
+    "beta": "objective.beta",
+    "prior": "prior",
+    "objective": "objective",
     "dataset": "dataset._target_",
     "batch_size": "dataset.batch_size",
     "max_epochs": "trainer.max_epochs",
     "seed": "seed",
 }
+PART_GROUPS = ("net", "likelihood", "prior", "objective")
 # metric families in the HPARAMS view, the ELBO of each first (train/* is one noisy step)
 STAGES = ("val/", "test/")
 
@@ -68,13 +72,29 @@ def _dataset_name(cfg: DictConfig) -> str:
     return target.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
 
 
+def _part_name(cfg: DictConfig, group: str) -> str | None:
+    """A part's short name: the group option Hydra chose (``conv``, ``gaussian_learned``), else
+    the class its ``_target_`` names (``Conv``); None when the config has no such part."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return choice
+    target = OmegaConf.select(cfg, f"{group}._target_", default=None)
+    return str(target).rsplit(".", 1)[-1] if target else None
+
+
 def hyperparameters(cfg: DictConfig, swept: dict[str, str]) -> dict[str, object]:
     """The swept keys first, then :data:`KEY_HPARAMS` less those a swept key already names."""
     out = {key: _scalar(cfg, key, text) for key, text in swept.items()}
     for name, path in KEY_HPARAMS.items():
         if name in out or path in out:
             continue
-        out[name] = _dataset_name(cfg) if name == "dataset" else _scalar(cfg, path)
+        if name == "dataset":
+            out[name] = _dataset_name(cfg)
+        elif path in PART_GROUPS:
+            out[name] = _part_name(cfg, path) or "None"
+        else:
+            out[name] = _scalar(cfg, path)
     return out
 
 

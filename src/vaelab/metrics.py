@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vaelab.model import elbo
 from vaelab.data.base import to_unit_float
+from vaelab.model import elbo
+from vaelab.model.likelihoods.base import DATA_KINDS
 
 LN2 = math.log(2.0)
 
@@ -43,13 +44,17 @@ class DataModel:
     note: str  # one line for the report: which bits/dim formula applies
 
     @classmethod
-    def for_likelihood(cls, kind: str, images: Tensor) -> DataModel:
-        """``kind`` is the likelihood's ``data`` (see :mod:`vaelab.model.likelihoods.base`)."""
+    def for_likelihood(cls, kind: str, images: Tensor | None = None) -> DataModel:
+        """``kind`` is the likelihood's ``data`` (see :mod:`vaelab.model.likelihoods.base`):
+        continuous, binary or discrete. For binary, ``images`` (uint8) are checked to be 0/255
+        only; without them the caller vouches that they are."""
+        if kind not in DATA_KINDS:
+            raise ValueError(f"likelihood data kind {kind!r} is not one of {', '.join(DATA_KINDS)}")
         if kind == "continuous":
             return cls(True, False, "density on uniformly dequantised 8-bit data: NLL/(D ln 2) + 8")
         if kind == "discrete":
             return cls(False, True, "probability mass on the 8-bit values (discretized): NLL/(D ln 2)")
-        if is_binary(images):
+        if images is None or is_binary(images):
             return cls(False, True, "Bernoulli decoder on binary pixels (discrete data): NLL/(D ln 2)")
         return cls(
             False,
@@ -62,12 +67,6 @@ class DataModel:
         return dequantize(images, generator) if self.dequantized else to_unit_float(images)
 
     def bits_per_dim(self, nll: float, n_dims: int) -> float | None:
-        if not (self.dequantized or self.discrete):
-            return None
-        return bits_per_dim(nll, n_dims, self.dequantized)
-
-
-def bits_per_dim(self, nll: float, n_dims: int) -> float | None:
         if not (self.dequantized or self.discrete):
             return None
         return bits_per_dim(nll, n_dims, self.dequantized)
@@ -205,22 +204,32 @@ def _rgb(x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def fid_scores(
-    vae, images: Tensor, n: int, batch_size: int, metric, progress: Callable[[int], None] | None = None
+    vae,
+    images: Tensor,
+    n: int,
+    batch_size: int,
+    metric,
+    progress: Callable[[int], None] | None = None,
+    labels: Tensor | None = None,
 ) -> dict[str, float]:
     """FID of n prior samples and of the reconstructions of n test images, against those images.
 
     ``metric`` keeps its real-image statistics across ``reset()`` (reset_real_features=False),
     so the test images pass through Inception once. ``progress(b)`` counts the images through
-    Inception, 3n in all (test images and their reconstructions, then samples).
+    Inception, 3n in all (test images and their reconstructions, then samples). ``labels``: the
+    images' own labels, which a conditional VAE reconstructs them with (its prior samples cycle
+    through the classes).
     """
     progress = progress or (lambda _: None)
     device = next(vae.parameters()).device
     metric = metric.to(device)
     n = min(n, len(images))
     for start in range(0, n, batch_size):
-        real = to_unit_float(images[start : min(n, start + batch_size)]).to(device)
+        end = min(n, start + batch_size)
+        real = to_unit_float(images[start:end]).to(device)
+        y = None if labels is None else labels[start:end].to(device)
         metric.update(_rgb(real), real=True)
-        metric.update(_rgb(vae.reconstruct(real)), real=False)
+        metric.update(_rgb(vae.reconstruct(real) if y is None else vae.reconstruct(real, y)), real=False)
         progress(2 * len(real))
     scores = {"fid_reconstructions": float(metric.compute())}
     metric.reset()

@@ -9,6 +9,8 @@ weights without a host sync per step.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 IMPLEMENTATION = ("fused", "foreach")
@@ -18,9 +20,21 @@ def fused_kernel_for(params: list) -> bool:
     """Whether torch has a fused Adam kernel for these parameters' (or parameter groups')
     devices and dtypes: torch checks only at the first step, so a wrong guess would crash there
     instead of falling back."""
-    supported = torch.utils._foreach_utils._get_fused_kernels_supported_devices()
     tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
-    return all(p.device.type in supported and torch.is_floating_point(p) for p in tensors)
+    return all(torch.is_floating_point(p) and _fused_runs_on(p.device.type, p.dtype) for p in tensors)
+
+
+@functools.cache
+def _fused_runs_on(device_type: str, dtype: torch.dtype) -> bool:
+    """One fused Adam step on a one-element tensor of this device and dtype: torch's public way
+    to learn whether it has the kernel (its list of supported devices is private)."""
+    try:
+        probe = torch.zeros(1, device=device_type, dtype=dtype, requires_grad=True)
+        probe.grad = torch.zeros_like(probe)
+        torch.optim.Adam([probe], fused=True).step()
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _listed(params) -> list:

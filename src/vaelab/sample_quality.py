@@ -110,21 +110,34 @@ def sample_quality(
     temperature: float = 1.0,
     progress: Callable[[str], None] | None = None,
     samplers: dict[str, Callable[[int], Tensor]] | None = None,
+    held_out_labels: Tensor | None = None,
 ) -> dict[str, float]:
     """``quality/<set>/<number>`` for prior samples, any other ``samplers`` (name → function of
     a count giving images in [0, 1], e.g. the ex-post prior's), reconstructions of held-out
     images and the held-out images themselves (the floor), each set ``n`` images, all against
     ``n`` test images (uint8). ``held_out`` must not be the test images (val, or train), else
-    the floor is 0."""
+    the floor is 0. A conditional VAE reconstructs the held-out images with their own labels
+    ``held_out_labels``; its prior samples cycle through the classes (:meth:`VAE.condition`)."""
     progress = progress or (lambda _: None)
     device = next(vae.parameters()).device
     judge = judge.to(device)
     real = to_unit_float(test[:n].to(device))
     other = to_unit_float(held_out[:n].to(device))
+    labels = None
+    if held_out_labels is not None and getattr(vae, "n_conditions", 0):
+        labels = held_out_labels[:n].to(device)
+
+    def reconstructions() -> Tensor:
+        if labels is None:
+            return torch.cat([vae.reconstruct(x) for x in other.split(500)])
+        return torch.cat(
+            [vae.reconstruct(x, y) for x, y in zip(other.split(500), labels.split(500), strict=True)]
+        )
+
     sets = {
         "samples": lambda: _decode_in_batches(lambda b: vae.sample(b, temperature=temperature), n),
         **{name: (lambda f=f: _decode_in_batches(f, n)) for name, f in (samplers or {}).items()},
-        "reconstructions": lambda: torch.cat([vae.reconstruct(x) for x in other.split(500)]),
+        "reconstructions": reconstructions,
         "real": lambda: other,
     }
     out = {}

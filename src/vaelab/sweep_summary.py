@@ -154,7 +154,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 
 def numeric_keys(jobs: list[Job]) -> list[str]:
-    """Swept overrides whose every value is a number (latent_dim, model.lr, …)."""
+    """Swept overrides whose every value is a number (latent_dim, optimizer.lr, …)."""
     return [k for k in swept_keys(jobs) if all(_number(job.overrides.get(k)) is not None for job in jobs)]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -98,8 +99,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _fit_and_test(cfg: DictConfig, datamodule, model, trainer) -> dict[str, float]:
     resume = checkpoint_to_resume(cfg, model)
+    start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)  # SafeCheckpointIO loads it
     metrics = _finite_floats(trainer.callback_metrics)
+    # this process's fitting time (a resumed run: since the resume) and where training ended
+    metrics.update(fit_seconds=round(time.perf_counter() - start, 1), epochs=trainer.current_epoch)
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")  # "" without ModelCheckpoint
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)

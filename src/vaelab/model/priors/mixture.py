@@ -15,8 +15,17 @@ from vaelab.model.priors.normal import noise, positive_int
 
 
 def mixture_log_density(z: Tensor, log_weights: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
-    """log Σ_k w_k N(z; m_k, diag s_k²) for z (..., D), log w (K,), m and log s² (K, D) → (...)."""
-    per_component = elbo.gaussian_log_density(z.unsqueeze(-2), means, logvars)  # (..., K)
+    """log Σ_k w_k N(z; m_k, diag s_k²) for z (..., D), log w (K,), m and log s² (K, D) → (...).
+
+    The square is expanded, Σ_d (z_d − m_kd)²/s²_kd = z²·(1/s²_k) − 2 z·(m_k/s²_k) + Σ_d m²_kd/s²_kd,
+    so two matrix products give every component's density: memory (..., K), never the (..., K, D)
+    of broadcasting z against the means (a VampPrior's 500 components × a batch × k samples).
+    """
+    precision = torch.exp(-logvars).to(z.dtype)  # (K, D)
+    means = means.to(z.dtype)
+    quadratic = z.square() @ precision.T - 2.0 * (z @ (means * precision).T)  # (..., K)
+    constant = (means.square() * precision + logvars.to(z.dtype)).sum(dim=-1) + z.shape[-1] * elbo.LOG_2PI
+    per_component = -0.5 * (quadratic + constant)
     return torch.logsumexp(per_component + log_weights, dim=-1)
 
 

@@ -1,0 +1,709 @@
+"""The results table: this project's runs beside the literature (``make results``, docs/results.md).
+
+``python -m vaelab.results [--mnist-epochs E] [--celeba-epochs E] [--k K] [--n N] [--only NAME ...]``
+trains and evaluates every row of the table that is not finished yet, one subprocess at a time
+(``src/train.py experiment=<row>`` into ``<runs-dir>/<row>``, then ``src/eval.py`` on its
+``last.ckpt``, which writes ``<row>/eval/metrics.json``), then writes the markdown table.
+``--table-only`` just rebuilds the table from the runs already there.
+
+A row is finished when its training ``metrics.json`` has the requested epochs and its
+evaluation's ``metrics.json`` the requested k (and n); a finished row is skipped. A training that
+stopped before the end (a ``last.ckpt``, no ``metrics.json``, the same epochs asked for) is
+resumed; a run folder of another budget is moved aside to ``<row>.old-<n>``, never deleted.
+
+The table reads nothing but the runs' own files: ``<run>/metrics.json`` (training: fit_seconds,
+epochs), ``<run>/eval/metrics.json`` (the evaluation) and ``<run>/.hydra/config.yaml`` (the row's
+model, prior and objective). The only numbers typed in here are the published ones, in
+:data:`PUBLISHED`, each with its citation and budget. A row without both metrics files is listed
+as "not run yet", never filled in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: src/vaelab/results.py -> .
+
+# rows of the tables, in order (each an experiment config in conf/experiment/)
+MNIST_ROWS = (
+    "mnist_vae",
+    "mnist_iwae",
+    "mnist_vae_2layer",
+    "mnist_iwae_2layer",
+    "mnist_vamp",
+    "mnist_free_bits",
+)
+CELEBA_ROWS = (
+    "celeba_conv_gaussian",
+    "celeba_conv_logistic",
+    "celeba_resnet_gaussian",
+    "celeba_resnet_logistic",
+)
+ROWS = MNIST_ROWS + CELEBA_ROWS
+
+# The published numbers: test NLL in nats on dynamically binarised MNIST, with where they come
+# from and what they cost. The only numbers in this file that no run of ours measured.
+PUBLISHED = {
+    "vae": {
+        "row": "VAE, 1 stochastic layer (784-200-200-50)",
+        "objective": "ELBO",
+        "nll": 86.76,
+        "k": 5000,
+        "n": 10000,
+        "epochs": 3280,
+        "short": "Burda et al. 2016",
+        "wall": "—",
+        "citation": "Burda, Grosse & Salakhutdinov 2016, Importance Weighted Autoencoders, Table 1",
+        "budget": "3,280 epochs (3^i passes at learning rate 1e-3 * 10^(-i/7), i = 0..7), "
+        "k = 5000 evaluation",
+    },
+    "iwae_k50": {
+        "row": "IWAE, 1 stochastic layer (784-200-200-50)",
+        "objective": "IWAE (k = 50)",
+        "nll": 84.78,
+        "k": 5000,
+        "n": 10000,
+        "epochs": 3280,
+        "short": "Burda et al. 2016",
+        "wall": "—",
+        "citation": "Burda, Grosse & Salakhutdinov 2016, Table 1",
+        "budget": "3,280 epochs, k = 5000 evaluation",
+    },
+    "iwae_2layer_k50": {
+        "row": "IWAE, 2 stochastic layers (784-200-200-100-100-100-50)",
+        "objective": "IWAE (k = 50)",
+        "nll": 82.90,
+        "k": 5000,
+        "n": 10000,
+        "epochs": 3280,
+        "short": "Burda et al. 2016",
+        "wall": "—",
+        "citation": "Burda, Grosse & Salakhutdinov 2016, Table 1",
+        "budget": "3,280 epochs, k = 5000 evaluation",
+    },
+    "nvae": {
+        "row": "NVAE (deep hierarchical conv VAE, 2 scales x 10 groups)",
+        "objective": "ELBO",
+        "nll": 78.01,
+        "k": 1000,
+        "n": 10000,
+        "epochs": 400,
+        "short": "Vahdat & Kautz 2020",
+        "wall": "≈ 21 h on 2 V100 GPUs",
+        "citation": "Vahdat & Kautz 2020, NVAE: A Deep Hierarchical Variational Autoencoder, Table 2",
+        "budget": "400 epochs on 2 V100 GPUs (≈ 21 h, the authors' README), k = 1000 evaluation",
+    },
+}
+# the one-layer VAE's target: a test NLL below this many nats
+VAE_TARGET_NATS = 90.0
+NOT_RUN = "not run yet"
+NOT_MEASURED = "not measured"
+
+
+# -- reading a run -------------------------------------------------------------------------------
+def _json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _yaml(path: Path) -> dict | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass
+class Run:
+    """One row's run folder, as its own files describe it."""
+
+    name: str
+    path: Path
+    train: dict | None  # <run>/metrics.json
+    eval: dict | None  # <run>/eval/metrics.json
+    config: dict | None  # <run>/.hydra/config.yaml (unresolved, as Hydra saved it)
+    eval_config: dict | None  # <run>/eval/.hydra/config.yaml
+
+    @classmethod
+    def load(cls, runs_dir: Path, name: str) -> Run:
+        path = Path(runs_dir) / name
+        return cls(
+            name=name,
+            path=path,
+            train=_json(path / "metrics.json"),
+            eval=_json(path / "eval" / "metrics.json"),
+            config=_yaml(path / ".hydra" / "config.yaml"),
+            eval_config=_yaml(path / "eval" / ".hydra" / "config.yaml"),
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.train is not None and self.eval is not None
+
+    @property
+    def epochs(self) -> int | None:
+        return None if self.train is None else self.train.get("epochs")
+
+    @property
+    def k(self) -> int | None:
+        return None if self.eval is None else self.eval.get("k")
+
+    @property
+    def n(self) -> int | None:
+        return None if self.eval is None else self.eval.get("n_examples")
+
+    @property
+    def requested_n(self) -> int | None | str:
+        """The evaluation's eval.n setting (None: the whole split); "unknown" without its record."""
+        if self.eval_config is None or not isinstance(self.eval_config.get("eval"), dict):
+            return "unknown"
+        return self.eval_config["eval"].get("n")
+
+    @property
+    def resumed(self) -> bool:
+        """Whether training was resumed (a .hydra/resume-<n> record): fit_seconds then counts
+        only the last attempt."""
+        return any((self.path / ".hydra").glob("resume-*"))
+
+    def trained_for(self, epochs: int) -> bool:
+        return self.train is not None and self.epochs == epochs
+
+    def finished(self, epochs: int, k: int, n: int | None) -> bool:
+        """Trained for ``epochs`` and evaluated with ``k`` samples on the first ``n`` examples."""
+        if not (self.trained_for(epochs) and self.eval is not None and self.k == k):
+            return False
+        wanted = self.requested_n
+        if wanted == "unknown":  # no record of the setting: judge by the examples evaluated
+            return n is None or self.n == n
+        return wanted == n
+
+
+# -- describing a run from its config ------------------------------------------------------------
+def _cls(spec) -> str:
+    return str(spec.get("_target_", "?")).rsplit(".", 1)[-1] if isinstance(spec, dict) else "?"
+
+
+def _latent_dims(cfg: dict) -> list:
+    dims = (cfg.get("model") or {}).get("latent_dims") or [cfg.get("latent_dim")]
+    return [cfg.get("latent_dim") if str(d) == "${latent_dim}" else d for d in dims]
+
+
+def describe_prior(spec) -> str:
+    name = _cls(spec)
+    if name == "StandardNormal":
+        return "N(0, I)"
+    if name == "VampPrior":
+        return f"VampPrior ({spec.get('components')} pseudo-inputs)"
+    if name == "GaussianMixture":
+        return f"mixture of {spec.get('components')} Gaussians"
+    return name
+
+
+def describe_objective(spec) -> str:
+    name = _cls(spec)
+    if name == "ELBO":
+        beta, warmup = spec.get("beta", 1.0), spec.get("warmup_steps", 0)
+        text = "ELBO" if beta in (1, 1.0) else f"β-ELBO (β = {beta})"
+        return text + (f", KL warm-up {warmup} steps" if warmup else "")
+    if name == "IWAE":
+        return f"IWAE (k = {spec.get('k')})"
+    if name == "FreeBits":
+        per = "per dim" if spec.get("per_dim", True) else "in all"
+        return f"ELBO, free bits ({spec.get('floor')} nats {per})"
+    return name
+
+
+def describe_likelihood(spec) -> str:
+    name = _cls(spec)
+    if name == "Gaussian":
+        learn = spec.get("learn", "none")
+        return (
+            f"Gaussian, σ = {spec.get('sigma')}"
+            if learn in (None, "none")
+            else f"Gaussian, learned σ ({learn})"
+        )
+    if name == "DiscretizedLogistic":
+        n = spec.get("components", 1)
+        return "discretized logistic" if n == 1 else f"discretized logistic mixture ({n})"
+    return name
+
+
+def describe_net(spec) -> str:
+    name = _cls(spec)
+    if name == "MLP":
+        hidden = "-".join(str(h) for h in spec.get("hidden") or [])
+        return f"MLP {hidden} {spec.get('activation', '')}".strip()
+    return {"Conv": "conv", "ResNet": "ResNet"}.get(name, name)
+
+
+def describe_model(cfg: dict | None) -> str:
+    """The row's model in a few words: net, stochastic layers, prior, decoder."""
+    if cfg is None:
+        return ""
+    dims = _latent_dims(cfg)
+    layers = f"{len(dims)} stochastic layer{'s' if len(dims) > 1 else ''} ({'-'.join(map(str, dims))})"
+    parts = [describe_net(cfg.get("net")), layers, f"prior {describe_prior(cfg.get('prior'))}"]
+    parts.append(describe_likelihood(cfg.get("likelihood")))
+    if (cfg.get("model") or {}).get("conditional"):
+        parts.append("conditional")
+    return ", ".join(parts)
+
+
+# -- formatting ------------------------------------------------------------------------------------
+def _num(value, fmt: str = "{:.2f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def wall(seconds) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _n_text(n) -> str:
+    return "all" if n is None else f"{n:,}"
+
+
+def _ep(n) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def _epochs_text(run: Run) -> str:
+    return _num(run.epochs, "{}")
+
+
+def _wall_text(run: Run) -> str:
+    text = wall(run.train.get("fit_seconds"))
+    return text + " (since last resume)" if run.resumed else text
+
+
+def _label(run: Run) -> str:
+    described = describe_model(run.config)
+    return f"`{run.name}`" + (f": {described}" if described else "")
+
+
+def _objective_text(run: Run) -> str:
+    return describe_objective(run.config.get("objective")) if run.config else ""
+
+
+def _table(runs: list[Run], header: list[str], lead, cells) -> list[str]:
+    """A markdown table: ``lead(run)`` cells, then ``cells(run)`` for an evaluated run (else "not
+    run yet" and how far it trained), then its epochs and training wall time."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        first = lead(run)
+        if run.done:
+            body = [*first, *cells(run), _epochs_text(run), _wall_text(run)]
+        else:
+            trained = f"trained {_ep(run.epochs)}, not evaluated" if run.train else ""
+            body = [*first, NOT_RUN, *[""] * (len(header) - len(first) - 3), trained, ""]
+        lines.append("| " + " | ".join(body) + " |")
+    return lines
+
+
+def mnist_table(runs: list[Run]) -> list[str]:
+    header = ["row", "objective", "test NLL, nats (k)", "−ELBO, nats", "active units / latent dim"]
+    header += ["test images", "epochs", "training wall time"]
+
+    def cells(run: Run) -> list[str]:
+        ev = run.eval
+        return [
+            f"{_num(ev.get('nll_iwae'))} (k = {run.k})",
+            _num(ev.get("neg_elbo")),
+            f"{ev.get('active_units')} / {ev.get('latent_dim')}",
+            _n_text(run.n),
+        ]
+
+    lines = _table(runs, header, lambda run: [_label(run), _objective_text(run)], cells)
+    for pub in PUBLISHED.values():
+        lines.append(
+            f"| **published**: {pub['row']} ({pub['short']}) | {pub['objective']} | {pub['nll']:.2f} "
+            f"(k = {pub['k']}) | — | — | {pub['n']:,} | {pub['epochs']:,} | {pub['wall']} |"
+        )
+    return lines
+
+
+def celeba_table(runs: list[Run]) -> list[str]:
+    header = ["row", "bits/dim (NLL, k)", "bits/dim (ELBO)", "−ELBO, nats", "test images", "epochs"]
+    header.append("training wall time")
+
+    def cells(run: Run) -> list[str]:
+        ev = run.eval
+        return [
+            f"{_num(ev.get('bits_per_dim'), '{:.4f}')} (k = {run.k})",
+            _num(ev.get("bits_per_dim_elbo"), "{:.4f}"),
+            _num(ev.get("neg_elbo"), "{:.1f}"),
+            _n_text(run.n),
+        ]
+
+    lines = _table(runs, header, lambda run: [_label(run)], cells)
+    formulas = [f"- `{r.name}`: {r.eval.get('bits_per_dim_formula', 'n/a')}" for r in runs if r.done]
+    if formulas:
+        lines += ["", "Bits/dim formula of each row (as its evaluation wrote it):", "", *formulas]
+    return lines
+
+
+# -- what the targets say --------------------------------------------------------------------------
+def _comparable(a: Run, b: Run) -> str | None:
+    """Why rows a and b cannot be compared, or None when they can (both evaluated, equal epochs,
+    k and number of test examples)."""
+    missing = [r.name for r in (a, b) if not r.done]
+    if missing:
+        return f"{' and '.join(missing)} {NOT_RUN}"
+    if a.epochs != b.epochs:
+        return f"epochs differ: {a.epochs} vs {b.epochs}"
+    if a.k != b.k or a.n != b.n:
+        return f"evaluations differ: k = {a.k}, n = {a.n} vs k = {b.k}, n = {b.n}"
+    if a.eval.get("nll_iwae") is None or b.eval.get("nll_iwae") is None:
+        return "a test NLL is n/a"
+    return None
+
+
+def difference(a: Run, b: Run) -> float | None:
+    """Test NLL of ``a`` minus that of ``b`` in nats, or None when they are not comparable."""
+    return None if _comparable(a, b) else a.eval["nll_iwae"] - b.eval["nll_iwae"]
+
+
+def _target_line(title: str, a: Run, b: Run, meaning: str) -> str:
+    why = _comparable(a, b)
+    if why:
+        return f"- {title}: {NOT_MEASURED} ({why})."
+    d = difference(a, b)
+    return (
+        f"- {title}: **{d:+.2f} nats** (`{a.name}` {a.eval['nll_iwae']:.2f} − `{b.name}` "
+        f"{b.eval['nll_iwae']:.2f}; {_ep(a.epochs)}, k = {a.k}, n = {_n_text(a.n)}). "
+        f"{meaning if d < 0 else 'Not lower: the expected gain did not show at this budget.'}"
+    )
+
+
+def targets(runs: dict[str, Run]) -> list[str]:
+    lines = [
+        "Differences of test NLL (lower is better), each only between rows trained for the same number "
+        "of epochs and evaluated with the same k and n.",
+        "",
+        _target_line(
+            "IWAE (k = 5) − VAE",
+            runs["mnist_iwae"],
+            runs["mnist_vae"],
+            "Negative: training on the k = 5 bound gives the better model, as in Burda et al.",
+        ),
+        _target_line(
+            "2 layers − 1 layer (VAE)",
+            runs["mnist_vae_2layer"],
+            runs["mnist_vae"],
+            "Negative: the second stochastic layer helps.",
+        ),
+        _target_line(
+            "2 layers − 1 layer (IWAE, k = 5)",
+            runs["mnist_iwae_2layer"],
+            runs["mnist_iwae"],
+            "Negative: the second stochastic layer helps.",
+        ),
+        _target_line(
+            "VampPrior − N(0, I)",
+            runs["mnist_vamp"],
+            runs["mnist_vae"],
+            "Negative: the learned prior helps.",
+        ),
+    ]
+    vae = runs["mnist_vae"]
+    title = f"VAE test NLL vs {VAE_TARGET_NATS:.1f} nats"
+    if not vae.done or vae.eval.get("nll_iwae") is None:
+        lines.append(f"- {title}: {NOT_MEASURED} (`mnist_vae` {NOT_RUN}).")
+    else:
+        nll = vae.eval["nll_iwae"]
+        verdict = "below: met" if nll < VAE_TARGET_NATS else "not below: not met"
+        lines.append(
+            f"- {title}: **{nll:.2f} nats**, {verdict} ({_ep(vae.epochs)}, k = {vae.k}, "
+            f"n = {_n_text(vae.n)}; published {PUBLISHED['vae']['nll']:.2f} after "
+            f"{PUBLISHED['vae']['epochs']:,} epochs)."
+        )
+    return lines
+
+
+# -- the whole page --------------------------------------------------------------------------------
+def _machine() -> str:
+    try:
+        import torch
+
+        version = torch.__version__
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    except Exception:  # the table can be written without torch
+        version, gpu = "not installed", "GPU unknown"
+    return f"{os.cpu_count()} CPUs, {gpu}, torch {version}, Python {platform.python_version()}"
+
+
+def _budget_found(runs: list[Run]) -> str:
+    done = [r for r in runs if r.done]
+    if not done:
+        return "none"
+
+    def values(get, text=str) -> str:
+        found = sorted({get(r) for r in done}, key=lambda v: (v is None, v))
+        return ", ".join(text(v) for v in found)
+
+    epochs, k, n = values(lambda r: r.epochs), values(lambda r: r.k), values(lambda r: r.n, _n_text)
+    return f"epochs {epochs}; k = {k}; test images n = {n}"
+
+
+def render(runs_dir: Path, command: str, budget: str) -> str:
+    runs = {name: Run.load(runs_dir, name) for name in ROWS}
+    mnist, celeba = [runs[n] for n in MNIST_ROWS], [runs[n] for n in CELEBA_ROWS]
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    out = [
+        "# Results",
+        "",
+        "<!-- generated by vaelab.results: rerun the command below instead of editing -->",
+        "",
+        f"Produced by `{command}` on {now}; this machine: {_machine()}.",
+        f"Budget asked for: {budget}. Budget of the runs found: MNIST {_budget_found(mnist)}; "
+        f"CelebA {_budget_found(celeba)}.",
+        f"Every number below is read from the run folders under `{runs_dir}` (`metrics.json`, "
+        "`eval/metrics.json`, `.hydra/config.yaml`), except the rows marked published. Test NLL is "
+        "the IWAE estimate of −log p(x) with k importance samples (an upper bound on the true NLL "
+        "that tightens as k grows); −ELBO is the k = 1 bound.",
+        "",
+        "## MNIST (dynamically binarised, test NLL in nats)",
+        "",
+        *mnist_table(mnist),
+        "",
+        "Published rows:",
+        "",
+        *[
+            f"- {p['row']}: {p['nll']:.2f} nats. {p['citation']}; budget: {p['budget']}."
+            for p in PUBLISHED.values()
+        ],
+        "",
+        "## CelebA 64x64 (the 10,000-face sample, bits/dim)",
+        "",
+        *celeba_table(celeba),
+        "",
+        "## What the targets say",
+        "",
+        *targets(runs),
+        "",
+    ]
+    return "\n".join(out)
+
+
+# -- running the rows ------------------------------------------------------------------------------
+def _value(v) -> str:
+    """A path or value as one Hydra override value."""
+    text = str(v)
+    return (
+        text
+        if re.fullmatch(r"[\w./@:+-]+", text)
+        else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    )
+
+
+def _data_args(name: str, args) -> list[str]:
+    out = [f"paths.data_dir={_value(args.data_dir)}"]
+    if name.startswith("celeba") and args.celeba_root:
+        out.append(f"dataset.root={_value(args.celeba_root)}")
+    return out
+
+
+def train_command(name: str, args, resume: bool = False) -> list[str]:
+    run = Path(args.runs_dir) / name
+    epochs = args.celeba_epochs if name.startswith("celeba") else args.mnist_epochs
+    cmd = [
+        sys.executable,
+        str(ROOT / "src" / "train.py"),
+        f"experiment={name}",
+        f"trainer.max_epochs={epochs}",
+    ]
+    cmd += [f"hydra.run.dir={_value(run)}", *_data_args(name, args), "callbacks.sample_quality=null"]
+    if resume:
+        cmd.append(f"ckpt_path={_value(run / 'checkpoints' / 'last.ckpt')}")
+    return cmd
+
+
+def eval_command(name: str, args) -> list[str]:
+    run = Path(args.runs_dir) / name
+    cmd = [
+        sys.executable,
+        str(ROOT / "src" / "eval.py"),
+        f"ckpt_path={_value(run / 'checkpoints' / 'last.ckpt')}",
+    ]
+    k, n = budget_of(name, args)
+    cmd.append(f"eval.k={k}")
+    if n is not None:
+        cmd.append(f"eval.n={n}")
+    return [*cmd, "eval.quality=false", *_data_args(name, args)]
+
+
+def _recorded_epochs(run: Run) -> int | None:
+    trainer = (run.config or {}).get("trainer")
+    return trainer.get("max_epochs") if isinstance(trainer, dict) else None
+
+
+def _move_aside(path: Path) -> Path:
+    i = 1
+    while path.with_name(f"{path.name}.old-{i}").exists():
+        i += 1
+    target = path.with_name(f"{path.name}.old-{i}")
+    path.rename(target)
+    return target
+
+
+def _subprocess(cmd: list[str], log_path: Path) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # append: Hydra's own file handler writes the job's log lines into the same file
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {shlex.join(cmd)}\n")
+        log.flush()
+        return subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def budget_of(name: str, args) -> tuple[int, int | None]:
+    """(k, n) of a row's evaluation: CelebA rows have their own (a conv decoder costs ~100× an MLP's)."""
+    return (args.celeba_k, args.celeba_n) if name.startswith("celeba") else (args.k, args.n)
+
+
+def run_row(name: str, args, index: str) -> bool:
+    """Train (or resume) and evaluate one row unless finished; one line on stdout. False: it failed."""
+    epochs = args.celeba_epochs if name.startswith("celeba") else args.mnist_epochs
+    k, n = budget_of(name, args)
+    run = Run.load(args.runs_dir, name)
+    if run.finished(epochs, k, n):
+        print(f"[{index}] {name}: finished ({_ep(epochs)}, k = {k}), skipped", flush=True)
+        return True
+    start = time.perf_counter()
+    if not run.trained_for(epochs):
+        resume = (
+            run.train is None
+            and (run.path / "checkpoints" / "last.ckpt").is_file()
+            and _recorded_epochs(run) == epochs
+        )
+        moved = (
+            f"(old folder moved to {_move_aside(run.path).name}) " if run.path.exists() and not resume else ""
+        )
+        doing = "resuming the interrupted training of" if resume else "training"
+        print(f"[{index}] {name}: {moved}{doing} {_ep(epochs)} ...", end=" ", flush=True)
+        if _subprocess(train_command(name, args, resume), run.path / "train.log"):
+            print(f"training FAILED, see {run.path / 'train.log'}", flush=True)
+            return False
+        print("evaluating ...", end=" ", flush=True)
+    else:
+        print(f"[{index}] {name}: trained, evaluating with k = {k} ...", end=" ", flush=True)
+    if _subprocess(eval_command(name, args), run.path / "eval" / "eval.log"):
+        print(f"evaluation FAILED, see {run.path / 'eval' / 'eval.log'}", flush=True)
+        return False
+    done = Run.load(args.runs_dir, name)
+    nll = None if done.eval is None else done.eval.get("nll_iwae")
+    print(f"done in {wall(time.perf_counter() - start)}: test NLL {_num(nll)} nats (k = {k})", flush=True)
+    return done.eval is not None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m vaelab.results",
+        description="Train and evaluate the results table's rows (those not finished yet), one at a "
+        "time, then write the table (docs/results.md) from the runs' own files.",
+    )
+    p.add_argument("--runs-dir", type=Path, default=Path("outputs/results"), help="one folder per row")
+    p.add_argument("--mnist-epochs", type=int, default=100, help="training epochs of the MNIST rows")
+    p.add_argument("--celeba-epochs", type=int, default=30, help="training epochs of the CelebA rows")
+    p.add_argument("--k", type=int, default=5000, help="importance samples per test image for log p(x)")
+    p.add_argument("--n", type=int, default=None, help="evaluate the first n test examples (default: all)")
+    p.add_argument("--celeba-k", type=int, default=500, help="importance samples per CelebA test face")
+    p.add_argument("--celeba-n", type=int, default=None, help="the first n CelebA test faces (default: all)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("VAELAB_DATA_DIR") or "data"),
+        help="paths.data_dir, where MNIST/ lies (default: $VAELAB_DATA_DIR, else data)",
+    )
+    p.add_argument(
+        "--celeba-root",
+        type=Path,
+        default=None,
+        help="dataset.root of the CelebA rows, holding celeba/ (default: <data-dir>/celeba_sample, if there)",
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=ROWS, metavar="NAME", help=f"these rows only: {', '.join(ROWS)}"
+    )
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table from the runs there")
+    p.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the markdown file written")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="a README whose results block to rewrite (make results: README.md)",
+    )
+    args = p.parse_args(argv)
+    args.runs_dir, args.data_dir = args.runs_dir.resolve(), args.data_dir.resolve()
+    if args.celeba_root is None and (args.data_dir / "celeba_sample").is_dir():
+        args.celeba_root = args.data_dir / "celeba_sample"
+    if args.celeba_root is not None:
+        args.celeba_root = args.celeba_root.resolve()
+    return args
+
+
+def _budget(args) -> str:
+    return (
+        f"MNIST {_ep(args.mnist_epochs)}, k = {args.k}, test images n = {_n_text(args.n)}; CelebA "
+        f"{_ep(args.celeba_epochs)}, k = {args.celeba_k}, test faces n = {_n_text(args.celeba_n)}"
+    )
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def embed(readme: Path, table: str, source: Path) -> None:
+    """Rewrite the README's block between the results markers with the table's sections (one
+    level down), so the README shows the same numbers as docs/results.md and nothing typed."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    body = [("#" + line if line.startswith("## ") else line) for line in table.splitlines()[1:]]
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    block = "\n".join([README_START, f"<!-- copied from {source.name} by vaelab.results -->", *body])
+    readme.write_text(f"{head}{block}\n{README_END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    failed = []
+    if not args.table_only:
+        names = [n for n in ROWS if not args.only or n in args.only]
+        for i, name in enumerate(names, 1):
+            if not run_row(name, args, f"{i}/{len(names)}"):
+                failed.append(name)
+    command = shlex.join(["python", "-m", "vaelab.results", *argv])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    budget = "none (--table-only: see the runs' own budgets)" if args.table_only else _budget(args)
+    table = render(args.runs_dir, command, budget)
+    args.out.write_text(table)
+    if args.readme is not None and args.readme.is_file():
+        embed(args.readme, table, args.out)
+    print(f"table written to {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
