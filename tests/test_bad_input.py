@@ -700,3 +700,10 @@ def test_log_variance_is_clamped_to_a_safe_range():
     out = vae(x)
     assert torch.isfinite(out.kl).all() and torch.isfinite(out.log_px).all()
     assert torch.isfinite(out.log_qz).all() and torch.isfinite(out.log_w).all()
+
+
+def test_the_old_learn_sigma_hint_follows_its_value():
+    from vaelab.errors import renamed
+
+    assert renamed("model.learn_sigma", "true").endswith("is now likelihood=gaussian_learned.")
+    assert renamed("model.learn_sigma", "false").endswith("is now likelihood=gaussian.")

@@ -119,11 +119,11 @@ def test_logistic_masses_sum_to_one(components, extreme):
     torch.testing.assert_close(torch.logsumexp(log_p, dim=1).exp(), torch.ones(6), atol=1e-4, rtol=0)
 
 
-def test_logistic_other_bit_depth_sums_to_one():
-    lik = DiscretizedLogistic(components=2, bits=2)
-    log_p = all_values_log_probs(lik, torch.randn(4, 6))
-    assert log_p.shape == (4, 4)
-    torch.testing.assert_close(log_p.exp().sum(1), torch.ones(4), atol=1e-5, rtol=0)
+def test_logistic_refuses_a_bit_depth_the_data_do_not_have():
+    """The data are 8-bit: bins for another depth would not partition their 256 values (with
+    bits=5 the 256 values' probabilities summed to 5.7), so the bits/dim would be no likelihood."""
+    with pytest.raises(UserError, match=r"bits=5 is not supported: .*8-bit images.*\(bits=8\)"):
+        DiscretizedLogistic(components=2, bits=5)
 
 
 def direct_log_prob(k: torch.Tensor, params: torch.Tensor, m: int) -> torch.Tensor:

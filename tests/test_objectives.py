@@ -225,3 +225,13 @@ def test_objectives_build_from_their_specs_and_report_bad_options():
         build({"_target_": "vaelab.model.objectives.elbo.ELBO", "beta": -1})
     with pytest.raises(UserError, match="no option samples"):
         build({"_target_": "vaelab.model.objectives.iwae.IWAE", "samples": 3})
+
+
+def test_validation_scores_the_full_beta_during_warm_up(x):
+    """No training step (validation, test): the full β, so val/loss is the bound aimed at and the
+    best checkpoint is not picked on a cheaper, warm-up-discounted KL."""
+    objective = ELBO(beta=2.0, warmup_steps=100)
+    assert objective.beta_at(10) == pytest.approx(0.2) and objective.beta_at(None) == 2.0
+    val = seeded(objective, tiny_vae(), x, seed=1, step=None)
+    assert val.scalars == {}
+    torch.testing.assert_close(val.loss, -(val.terms["recon"] - 2.0 * val.terms["kl"]).mean())

@@ -48,7 +48,7 @@ def fake_run(
     """A finished row's folder: what src/train.py and src/eval.py write."""
     run = runs / name
     (run / ".hydra").mkdir(parents=True)
-    net, dims, likelihood, prior, objective = PARTS[name]
+    net, dims, likelihood, prior, objective = PARTS[results.experiment_of(name)]
     config = {
         "latent_dim": 128 if name.startswith("celeba") else 50,
         "model": {"_target_": "vaelab.module.VAEModule", "latent_dims": dims, "conditional": False},
@@ -136,6 +136,7 @@ def test_targets_are_differences_of_comparable_rows_only(tmp_path):
     fake_run(runs, "mnist_iwae", 87.15)
     fake_run(runs, "mnist_vae_2layer", 87.00, epochs=10)  # another budget: not compared
     fake_run(runs, "mnist_iwae_2layer", 85.65)
+    fake_run(runs, "mnist_vae_long", 88.40, epochs=200)
     targets = section(table(runs, tmp_path), "What the targets say")
     lines = {line.split(":")[0][2:]: line for line in targets.splitlines() if line.startswith("- ")}
     assert "**-1.25 nats**" in lines["IWAE (k = 5) − VAE"]
@@ -143,13 +144,14 @@ def test_targets_are_differences_of_comparable_rows_only(tmp_path):
     assert results.NOT_MEASURED in lines["2 layers − 1 layer (VAE)"]
     assert "epochs differ: 10 vs 20" in lines["2 layers − 1 layer (VAE)"]
     assert results.NOT_MEASURED in lines["VampPrior − N(0, I)"]
-    assert "**88.40 nats**, below: met" in lines["VAE test NLL vs 90.0 nats"]
+    assert "**88.40 nats**, below: met (200 epochs" in lines["VAE test NLL vs 90.0 nats"]
     assert "**" not in lines["VampPrior − N(0, I)"]
 
 
 def test_targets_need_the_same_evaluation_and_say_when_not_met(tmp_path):
     runs = tmp_path / "runs"
     fake_run(runs, "mnist_vae", 91.5)
+    fake_run(runs, "mnist_vae_long", 91.5, epochs=200)
     fake_run(runs, "mnist_vamp", 90.0, k=500)
     targets = section(table(runs, tmp_path), "What the targets say")
     assert "VampPrior − N(0, I): not measured (evaluations differ" in targets
@@ -163,7 +165,7 @@ def test_a_trained_but_unevaluated_row_has_no_numbers(tmp_path):
     md = table(runs, tmp_path)
     vae = line_of(md, "mnist_vae")
     assert results.NOT_RUN in vae and "trained 20 epochs, not evaluated" in vae and "88" not in vae
-    assert "VAE test NLL vs 90.0 nats: not measured" in md
+    assert "VAE test NLL vs 90.0 nats: not measured (`mnist_vae_long` not run yet)" in md
 
 
 def test_an_empty_runs_dir_gives_a_table_of_gaps(tmp_path):
@@ -323,3 +325,22 @@ def test_the_readme_block_between_the_markers_is_replaced_by_the_table(tmp_path)
     unmarked.write_text("no markers\n")
     embed(unmarked, table, tmp_path / "r.md")
     assert unmarked.read_text() == "no markers\n"
+
+
+def test_the_long_vae_row_starts_as_a_copy_of_the_shorter_run_and_resumes_it(tmp_path):
+    runs = tmp_path / "runs"
+    source = fake_run(runs, "mnist_vae", 90.1, epochs=100)
+    (source / "checkpoints").mkdir()
+    (source / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    args = results.parse_args(["--runs-dir", str(runs), "--long-epochs", "200"])
+    results.start_from_shorter_run("mnist_vae_long", args)
+    copy = runs / "mnist_vae_long"
+    assert (copy / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
+    assert not (copy / "metrics.json").exists() and not (copy / "eval").exists()
+    assert yaml.safe_load((copy / ".hydra" / "config.yaml").read_text())["trainer"]["max_epochs"] == 200
+    assert (source / "metrics.json").exists()  # the source row is untouched
+    command = results.train_command("mnist_vae_long", args, resume=True)
+    assert "experiment=mnist_vae" in command and "trainer.max_epochs=200" in command
+    assert f"ckpt_path={copy / 'checkpoints' / 'last.ckpt'}" in command
+    results.start_from_shorter_run("mnist_vae_long", args)  # once there, never copied again
+    assert (copy / "checkpoints" / "last.ckpt").read_bytes() == b"weights"

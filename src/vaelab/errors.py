@@ -83,6 +83,8 @@ def renamed(old: str, value: object = None) -> str | None:
     given = f"{old}={value}" if value is not None else old
     spelled = new.format(value=value if value is not None else "…")
     new_key = new.split("=", 1)[0]
+    if old == "model.learn_sigma" and str(value).lower() == "false":  # the fixed-σ default
+        new = "likelihood=gaussian"
     if "{value}" not in new:
         return f"{given} is the old spelling: {old} is now {new}."
     return f"{given} is the old spelling: {old} is now {new_key}, so pass {spelled}."

@@ -87,7 +87,8 @@ class VAEModule(L.LightningModule):
     def _step(self, batch, stage: str, log: bool = True, write: bool = False) -> Tensor:
         x, y = batch[0], (batch[1] if self.vae.n_conditions else None)
         train = stage == "train"  # train: per step; val/test: epoch means, synced over ranks
-        out = self.objective(self.vae, x, y, step=self.global_step)
+        # the step drives schedules such as β's warm-up: training only; val/test score the full bound
+        out = self.objective(self.vae, x, y, step=self.global_step if train else None)
         if train:  # a NaN/inf never reaches the weights (see vaelab.guards)
             self._deferred.watch(out.loss, out.terms) if self._deferred else check_finite_loss(
                 out.loss, out.terms, self
@@ -160,7 +161,7 @@ class VAEModule(L.LightningModule):
         trainer, hp = self.trainer, self.hparams
         make = instantiate(hp.optimizer)
         options = {}
-        if "fused" in (accepted_keys(target_of(hp.optimizer)) or ()):
+        if "fused" not in hp.optimizer and "fused" in (accepted_keys(target_of(hp.optimizer)) or ()):
             options["fused"] = fused_allowed(trainer.precision, clipping=(trainer.gradient_clip_val or 0) > 0)
         optimizer = make(params=self.parameters(), **options)
         if hp.scheduler is None:

@@ -60,7 +60,8 @@ def accepted_keys(target) -> set[str] | None:
 def build(spec: Mapping, **context: Any) -> Any:
     """Instantiate ``spec``, adding the ``context`` values its class's constructor takes.
 
-    The spec's own options win over context (a prior may fix its own ``latent_dim``). Errors
+    A spec may repeat a context value but not contradict it (a prior's ``latent_dim`` is the
+    model's top layer, whatever the YAML says). Errors
     raised by the part's own checks (:class:`UserError`) pass through unchanged; an unknown
     option gets a message that lists the valid ones.
     """
@@ -74,6 +75,12 @@ def build(spec: Mapping, **context: Any) -> Any:
             f"{spec['_target_']} has no option {', '.join(unknown)}; its options are "
             f"{', '.join(valid) or 'none'}. Fix the spelling in its YAML or on the command line."
         )
+    clash = [k for k in context if k in options and _plain(options[k]) != _plain(context[k])]
+    if clash:
+        given = ", ".join(f"{k}={options[k]!r} (the model's is {context[k]!r})" for k in clash)
+        raise UserError(
+            f"{spec['_target_']}: {given}. The model decides this value; drop it from the part's spec."
+        )
     extra = {k: v for k, v in context.items() if (wanted is None or k in wanted) and k not in options}
     try:
         return instantiate(dict(spec), **extra, _convert_="all")
@@ -81,3 +88,8 @@ def build(spec: Mapping, **context: Any) -> Any:
         if isinstance(err.__cause__, UserError):
             raise err.__cause__ from None
         raise
+
+
+def _plain(value):
+    """Lists and tuples compare as tuples (YAML gives lists, the model tuples)."""
+    return tuple(_plain(v) for v in value) if isinstance(value, list | tuple) else value

@@ -66,6 +66,23 @@ def _check_dims(latent_dims) -> list[int]:
     return dims
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _check_prior_encoder(prior: nn.Module, encoder: nn.Module) -> None:
+    """A prior defined through the encoder (VampPrior) encodes its pseudo-inputs as a batch of
+    their own: batch norm would normalise them by their own statistics in training and by mixed
+    running ones in evaluation, so the prior evaluated would not be the one trained."""
+    if hasattr(prior, "pseudo_inputs") and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules()
+    ):
+        raise UserError(
+            f"{type(prior).__name__} encodes pseudo-inputs with the encoder, which here uses batch norm "
+            "(net=conv, or net=resnet with norm=batch): its training and evaluation priors would differ. "
+            "Use net=mlp, or net=resnet net.norm=group."
+        )
+
+
 class VAE(nn.Module):
     def __init__(
         self,
@@ -99,6 +116,7 @@ class VAE(nn.Module):
                 self.encoders.append(between.encoder((lower,), 2 * upper))
                 self.decoders.append(between.decoder(upper, (2 * lower,)))
         self.prior = build(prior, latent_dim=d[-1], image_shape=self.image_shape)
+        _check_prior_encoder(self.prior, self.encoders[0])
 
     def prior_device(self) -> torch.device:
         return next(self.parameters()).device

@@ -67,6 +67,11 @@ class DiscretizedLogistic(Likelihood):
             "components", components, 1, 1024, "the number of logistics mixed per value"
         )
         self.bits = _check_int("bits", bits, 1, MAX_BITS, "the bit depth of the data (8 for 256 levels)")
+        if self.bits != 8:  # the datasets hold 8-bit values: other bins would not partition them
+            raise UserError(
+                f"DiscretizedLogistic: bits={bits} is not supported: vaelab's data are 8-bit images, so "
+                "the likelihood must put its mass on their 256 values (bits=8)."
+            )
         self.levels = 2**self.bits
         self.params_per_value = 3 * self.components
 

@@ -23,7 +23,8 @@ class Terms:
 
 
 class Objective:
-    def __call__(self, vae, x: Tensor, y: Tensor | None = None, step: int = 0) -> Terms:
+    def __call__(self, vae, x: Tensor, y: Tensor | None = None, step: int | None = 0) -> Terms:
+        """``step``: the training step (None outside training: validation and test)."""
         raise NotImplementedError
 
 

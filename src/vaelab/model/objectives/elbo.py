@@ -18,19 +18,20 @@ class ELBO(Objective):
         self.warmup_steps = check_number("ELBO", "warmup_steps", warmup_steps, whole=True)
         self.analytic_kl = bool(analytic_kl)
 
-    def beta_at(self, step: int) -> float:
-        """β, ramped linearly from 0 over ``warmup_steps`` (against posterior collapse)."""
-        if self.warmup_steps <= 0:
+    def beta_at(self, step: int | None) -> float:
+        """β, ramped linearly from 0 over ``warmup_steps`` (against posterior collapse); the full
+        β when there is no training step (validation and test score the bound being aimed at)."""
+        if self.warmup_steps <= 0 or step is None:
             return self.beta
         return self.beta * min(1.0, step / self.warmup_steps)
 
     def kl(self, out) -> Tensor:
         return out.kl if self.analytic_kl and out.kl is not None else out.kl_mc
 
-    def __call__(self, vae, x: Tensor, y: Tensor | None = None, step: int = 0) -> Terms:
+    def __call__(self, vae, x: Tensor, y: Tensor | None = None, step: int | None = 0) -> Terms:
         out = vae(x, y)
         recon, kl = out.log_px.mean(dim=0), self.kl(out)
         beta = self.beta_at(step)
-        scalars = {"beta": beta} if self.warmup_steps > 0 else {}
+        scalars = {"beta": beta} if self.warmup_steps > 0 and step is not None else {}
         loss = -(recon - beta * kl).mean()
         return Terms(loss, {"recon": recon, "kl": kl, "elbo": recon - kl}, scalars)

@@ -21,12 +21,13 @@ def mixture_log_density(z: Tensor, log_weights: Tensor, means: Tensor, logvars: 
     so two matrix products give every component's density: memory (..., K), never the (..., K, D)
     of broadcasting z against the means (a VampPrior's 500 components × a batch × k samples).
     """
-    precision = torch.exp(-logvars).to(z.dtype)  # (K, D)
-    means = means.to(z.dtype)
-    quadratic = z.square() @ precision.T - 2.0 * (z @ (means * precision).T)  # (..., K)
-    constant = (means.square() * precision + logvars.to(z.dtype)).sum(dim=-1) + z.shape[-1] * elbo.LOG_2PI
-    per_component = -0.5 * (quadratic + constant)
-    return torch.logsumexp(per_component + log_weights, dim=-1)
+    with torch.autocast(z.device.type, enabled=False):  # the expansion cancels: never in 16 bits
+        z, means, logvars = z.float(), means.float(), logvars.float()
+        precision = torch.exp(-logvars)  # (K, D)
+        quadratic = z.square() @ precision.T - 2.0 * (z @ (means * precision).T)  # (..., K)
+        constant = (means.square() * precision + logvars).sum(dim=-1) + z.shape[-1] * elbo.LOG_2PI
+        per_component = -0.5 * (quadratic + constant)
+        return torch.logsumexp(per_component + log_weights.float(), dim=-1)
 
 
 class GaussianMixture(Prior):
