@@ -55,6 +55,7 @@ CELEBA_ROWS = (
     "celeba_resnet_logistic",
 )
 ROWS = MNIST_ROWS + CELEBA_ROWS
+CELEBA_MAX_DECODES = 250  # (sample, face) pairs per importance-sampling chunk: a few GB at most
 # a row that trains another row's experiment for longer (--long-epochs), starting from that row's
 # finished run: mnist_vae_long is mnist_vae resumed from its last checkpoint up to 200 epochs
 CONTINUES = {"mnist_vae_long": "mnist_vae"}
@@ -566,6 +567,8 @@ def eval_command(name: str, args) -> list[str]:
     cmd.append(f"eval.k={k}")
     if n is not None:
         cmd.append(f"eval.n={n}")
+    if name.startswith("celeba"):  # a 64×64×3 decode with a 10-logistic mixture holds ~30× an MNIST one
+        cmd.append(f"eval.max_decodes={CELEBA_MAX_DECODES}")
     return [*cmd, "eval.quality=false", *_data_args(name, args)]
 
 
