@@ -119,7 +119,8 @@ class SampleQuality(L.Callback):
         if len(real) < MIN_SET:
             return
         z = vae.prior_sample(len(real), generator=torch.Generator().manual_seed(self.seed))
-        samples = vae.generate(z)  # the same codes each epoch, and the run's own RNG untouched
+        draws = torch.Generator().manual_seed(self.seed)  # the same codes and lower-layer draws each
+        samples = vae.generate(z, stochastic=True, generator=draws)  # epoch; the run's RNG untouched
         scores = image_set_scores(self.judge.to(pl_module.device), real, samples)
         metrics = {f"quality/samples/{k}": v for k, v in scores.items()}
         for logger in trainer.loggers:

@@ -183,7 +183,9 @@ def _expost_sampler(vae, mixture: GaussianMixture, seed: int):
     """Images decoded from ex-post prior draws, n at a time, from a seeded stream."""
     generator = torch.Generator().manual_seed(seed)
     device = next(vae.parameters()).device
-    return lambda n: vae.generate(mixture.sample(n, generator).to(device))
+    return lambda n: vae.generate(
+        mixture.sample(n, generator).to(device), stochastic=True, generator=generator
+    )
 
 
 def _quality(cfg: DictConfig, vae, datamodule, split: str, expost: GaussianMixture | None) -> dict:

@@ -209,7 +209,8 @@ def samples_per_class(
                 conditions.append(toggled)
                 texts.append(f"image {i + 1}, {'with' if toggled[col] > 0.5 else 'without'} {name}")
     y = torch.stack(conditions).repeat_interleave(per_row, dim=0).to(z.device)
-    images = vae.generate(z.repeat(len(conditions), 1), y)
+    draws = torch.Generator().manual_seed(0)  # lower stochastic layers: the same draws every call
+    images = vae.generate(z.repeat(len(conditions), 1), y, stochastic=True, generator=draws)
     grid = make_grid(images.float().cpu(), nrow=per_row, padding=2, pad_value=1.0)
     bands = row_bands(len(conditions), vae.image_shape[1])
     return with_row_labels(grid, list(zip(bands, texts, strict=True)), scale)

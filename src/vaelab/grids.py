@@ -40,10 +40,12 @@ def reconstruction_grid(vae: VAE, x: Tensor, per_row: int = 8, y: Tensor | None 
 
 
 @torch.no_grad()
-def sample_grid(vae: VAE, z: Tensor, per_row: int = 8, y: Tensor | None = None) -> Tensor:
-    """Decoded means of the latent codes ``z`` (fixed codes make epochs comparable); a
-    conditional VAE decodes them with labels ``y``, or cycles through its classes without."""
-    images = vae.generate(z.to(next(vae.parameters()).device), labels_for(vae, y))
+def sample_grid(vae: VAE, z: Tensor, per_row: int = 8, y: Tensor | None = None, seed: int = 0) -> Tensor:
+    """Samples from the top-layer codes ``z``: lower stochastic layers drawn with a fixed seed
+    (fixed codes and draws make epochs comparable), pixels as means; a conditional VAE decodes
+    them with labels ``y``, or cycles through its classes without."""
+    device, draws = next(vae.parameters()).device, torch.Generator().manual_seed(seed)
+    images = vae.generate(z.to(device), labels_for(vae, y), stochastic=True, generator=draws)
     return make_grid(images.float().cpu(), nrow=per_row, padding=2, pad_value=1.0)
 
 

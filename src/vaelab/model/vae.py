@@ -213,12 +213,27 @@ class VAE(nn.Module):
         return z if temperature == 1.0 else temperature * z
 
     @torch.no_grad()
-    def generate(self, z: Tensor, y: Tensor | None = None, stochastic: bool = False) -> Tensor:
+    def generate(
+        self,
+        z: Tensor,
+        y: Tensor | None = None,
+        stochastic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Mean image E[x|z] in [0, 1] for top-layer codes ``z``: lower layers are drawn from
-        p(z_{l−1}|z_l) (``stochastic``, ancestral sampling) or set to their means (figures)."""
+        p(z_{l−1}|z_l) (``stochastic``: ancestral sampling, what a sample is; with ``generator``,
+        the same draws every time) or set to their means (traversals, interpolations)."""
         for module in reversed(self.decoders[1:]):
             mu, logvar = self._layer(module, z)
-            z = elbo.reparameterize(mu, logvar) if stochastic else mu
+            if not stochastic:
+                z = mu
+                continue
+            eps = (
+                None
+                if generator is None
+                else torch.randn(mu.shape, generator=generator, device=generator.device)
+            )
+            z = mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if eps is None else eps.to(mu))
         return self.likelihood.mean(self._decode_pixels(z, self.condition(y, z.shape[0])))
 
     @torch.no_grad()
@@ -230,7 +245,7 @@ class VAE(nn.Module):
         temperature: float = 1.0,
     ) -> Tensor:
         """n images decoded (as means) from ancestral samples of the prior."""
-        return self.generate(self.prior_sample(n, temperature, generator), y, stochastic=True)
+        return self.generate(self.prior_sample(n, temperature, generator), y, True, generator)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
