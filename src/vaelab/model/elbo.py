@@ -21,14 +21,26 @@ def _sum_except_batch(t: Tensor) -> Tensor:
     return t.flatten(start_dim=1).sum(dim=1)
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, n_samples: int | None = None) -> Tensor:
+def gaussian_noise(shape, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """ε ~ N(0, I) of ``shape`` with ``like``'s dtype and device.
+
+    With a generator the draw happens on the generator's device (a CPU generator cannot feed a
+    CUDA draw) and is moved afterwards, so seeded samples repeat on any device.
+    """
+    device = like.device if generator is None else generator.device
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def reparameterize(
+    mu: Tensor, logvar: Tensor, n_samples: int | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     """z = μ + σ·ε with ε ~ N(0, I): a sample of q(z|x) that gradients flow through.
 
     With ``n_samples`` the result gets a leading sample dimension (k, B, D).
     """
     std = torch.exp(0.5 * logvar)
     shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
-    return mu + std * torch.randn(shape, dtype=mu.dtype, device=mu.device)
+    return mu + std * gaussian_noise(shape, mu, generator)
 
 
 def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:

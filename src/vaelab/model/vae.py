@@ -118,9 +118,6 @@ class VAE(nn.Module):
         self.prior = build(prior, latent_dim=d[-1], image_shape=self.image_shape)
         _check_prior_encoder(self.prior, self.encoders[0])
 
-    def prior_device(self) -> torch.device:
-        return next(self.parameters()).device
-
     @property
     def latent_dim(self) -> int:
         """Size of the top layer, where the prior sits and samples start."""
@@ -136,7 +133,7 @@ class VAE(nn.Module):
         if not self.n_conditions:
             return None
         if y is None:
-            y = torch.arange(batch, device=self.prior_device()) % self.n_conditions
+            y = torch.arange(batch, device=next(self.parameters()).device) % self.n_conditions
         if y.dim() == 1:
             return F.one_hot(y.long(), self.n_conditions).float()
         return y.float().reshape(batch, self.n_conditions)
@@ -225,15 +222,7 @@ class VAE(nn.Module):
         the same draws every time) or set to their means (traversals, interpolations)."""
         for module in reversed(self.decoders[1:]):
             mu, logvar = self._layer(module, z)
-            if not stochastic:
-                z = mu
-                continue
-            eps = (
-                None
-                if generator is None
-                else torch.randn(mu.shape, generator=generator, device=generator.device)
-            )
-            z = mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if eps is None else eps.to(mu))
+            z = elbo.reparameterize(mu, logvar, generator=generator) if stochastic else mu
         return self.likelihood.mean(self._decode_pixels(z, self.condition(y, z.shape[0])))
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from vaelab.model import elbo
 from vaelab.model.priors.base import Encode, Prior
-from vaelab.model.priors.normal import noise, positive_int
+from vaelab.model.priors.normal import positive_int
 
 
 def mixture_log_density(z: Tensor, log_weights: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
@@ -62,5 +62,4 @@ class GaussianMixture(Prior):
         if generator is not None:
             probs = probs.to(generator.device)
         k = torch.multinomial(probs, n, replacement=True, generator=generator).to(self.means.device)
-        eps = noise("randn", (n, self.latent_dim), self.means, generator)
-        return self.means[k] + torch.exp(0.5 * self.logvars[k]) * eps
+        return elbo.reparameterize(self.means[k], self.logvars[k], generator=generator)

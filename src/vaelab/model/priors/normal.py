@@ -25,19 +25,6 @@ def positive_int(owner: str, name: str, value: object, meaning: str) -> int:
     return value
 
 
-def noise(
-    sampler: str, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
-    """``torch.randn`` (``sampler='randn'``) or ``torch.rand`` of ``shape`` with ``like``'s dtype and device.
-
-    With a generator the draw happens on the generator's device (a CPU generator cannot feed a
-    CUDA draw) and is moved afterwards.
-    """
-    draw = torch.randn if sampler == "randn" else torch.rand
-    device = like.device if generator is None else generator.device
-    return draw(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
 class StandardNormal(Prior):
     """p(z) = N(0, I); KL(q ‖ p) is closed form, so the ELBO needs no Monte Carlo for it."""
 
@@ -52,7 +39,7 @@ class StandardNormal(Prior):
     def sample(
         self, n: int, encode: Encode | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        return noise("randn", (n, self.latent_dim), self.anchor, generator)
+        return elbo.gaussian_noise((n, self.latent_dim), self.anchor, generator)
 
     def kl_dims(self, mu: Tensor, logvar: Tensor) -> Tensor:
         return elbo.kl_standard_normal_dims(mu, logvar)

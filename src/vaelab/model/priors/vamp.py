@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.errors import UserError
+from vaelab.model import elbo
 from vaelab.model.priors.base import Encode, Prior
 from vaelab.model.priors.mixture import mixture_log_density
-from vaelab.model.priors.normal import noise, positive_int
+from vaelab.model.priors.normal import positive_int
 
 
 def _image_shape(value: Sequence[int]) -> tuple[int, ...]:
@@ -96,4 +97,4 @@ class VampPrior(Prior):
         device = u.device if generator is None else generator.device
         k = torch.randint(self.components, (n,), generator=generator, device=device).to(u.device)
         mu, logvar = self._encode(encode, k)
-        return mu + torch.exp(0.5 * logvar) * noise("randn", tuple(mu.shape), mu, generator)
+        return elbo.reparameterize(mu, logvar, generator=generator)
