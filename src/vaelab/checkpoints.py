@@ -24,6 +24,7 @@ from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, String
 
 from vaelab.atomic import atomic_torch_save
 from vaelab.errors import UserError
+from vaelab.model.parts import as_tuples
 
 SAFE_GLOBALS = [
     DictConfig,
@@ -145,9 +146,9 @@ def check_fits(ckpt: dict, model: torch.nn.Module, path: str | Path) -> None:
     saved, wanted = ckpt.get("hyper_parameters") or {}, dict(getattr(model, "hparams", {}))
     keys = STRUCTURE
     diffs = [
-        f"{k}={_plain(saved[k])} in the checkpoint but {_plain(wanted[k])} here"
+        f"{k}={as_tuples(saved[k])} in the checkpoint but {as_tuples(wanted[k])} here"
         for k in keys
-        if k in saved and k in wanted and _plain(saved[k]) != _plain(wanted[k])
+        if k in saved and k in wanted and as_tuples(saved[k]) != as_tuples(wanted[k])
     ]
     if diffs:
         raise UserError(
@@ -162,13 +163,6 @@ def check_fits(ckpt: dict, model: torch.nn.Module, path: str | Path) -> None:
             "of another shape. Resume or evaluate it with the config of the run that wrote it, or "
             "start a fresh run without ckpt_path."
         )
-
-
-def _plain(value):
-    """Lists, tuples and OmegaConf lists compare as tuples."""
-    if isinstance(value, ListConfig):
-        value = list(value)
-    return tuple(_plain(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def _state_dict_mismatch(saved: dict, own: dict) -> str:

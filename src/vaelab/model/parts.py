@@ -14,6 +14,7 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
+from omegaconf import ListConfig
 
 from vaelab.errors import UserError
 
@@ -75,7 +76,7 @@ def build(spec: Mapping, **context: Any) -> Any:
             f"{spec['_target_']} has no option {', '.join(unknown)}; its options are "
             f"{', '.join(valid) or 'none'}. Fix the spelling in its YAML or on the command line."
         )
-    clash = [k for k in context if k in options and _plain(options[k]) != _plain(context[k])]
+    clash = [k for k in context if k in options and as_tuples(options[k]) != as_tuples(context[k])]
     if clash:
         given = ", ".join(f"{k}={options[k]!r} (the model's is {context[k]!r})" for k in clash)
         raise UserError(
@@ -90,6 +91,9 @@ def build(spec: Mapping, **context: Any) -> Any:
         raise
 
 
-def _plain(value):
-    """Lists and tuples compare as tuples (YAML gives lists, the model tuples)."""
-    return tuple(_plain(v) for v in value) if isinstance(value, list | tuple) else value
+def as_tuples(value):
+    """Lists, tuples and OmegaConf lists as tuples, nested too: a YAML list, a model's tuple and a
+    checkpoint's stored list compare equal when they hold the same values."""
+    if isinstance(value, ListConfig):
+        value = list(value)
+    return tuple(as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
