@@ -230,8 +230,8 @@ def test_ddp_ranks_agree_on_a_signal_every_tenth_step_and_at_epoch_end(tmp_path)
 def test_a_max_steps_stop_inside_an_epoch_resumes_exactly(tmp_path, data, first_stop):
     """max_steps cuts an epoch of 3 batches short; raising it and resuming must give the run that
     never stopped: the rest of the same epoch (its data order, its validation), not the next one.
-    In epoch 0 ModelCheckpoint writes last.ckpt again at the end of training, after the books of
-    the cut epoch are closed; both saves must say the same."""
+    Lightning counts the cut epoch as done before the run ends; last.ckpt must keep the step as
+    it stood inside the epoch (no checkpoint counters are rewritten to get there)."""
     common = _overrides(data, tmp_path / "cache", "trainer.limit_train_batches=3", "trainer.max_epochs=9")
 
     def fit(out: str, max_steps: int, *extra: str) -> dict:

@@ -157,18 +157,16 @@ class ResumeCheckpoints(Checkpoint):
         # the signal came late in the epoch or in validation
         if self._stop_requested(trainer, epoch_end=True):
             self._save_and_stop(trainer)
-        # max_steps ended the run on an epoch's last batch with no validation after it (say
-        # check_val_every_n_epoch=2): ModelCheckpoint saves nothing then
-        if self._due or (_out_of_steps(trainer) and self._saved_step != trainer.global_step):
+        # last.ckpt is this callback's alone (ModelCheckpoint keeps the best): rewritten after each
+        # epoch's validation, except when max_steps cut the epoch short. That step was saved at its
+        # batch's end, with Lightning's counters still inside the epoch; a save now, with the epoch
+        # counted as done, would make a resumed run skip the rest of it.
+        if not (_out_of_steps(trainer) and self._saved_step == trainer.global_step):
             self._save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._stop_requested(trainer, epoch_end=True):  # after the last epoch's look: no test
             self._save_and_stop(trainer)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if _books_closed_on_a_cut_epoch(trainer):  # any saver's, ModelCheckpoint's included
-            reopen_epoch(checkpoint)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore_handlers()
@@ -191,27 +189,6 @@ def _epoch_ends_here(trainer: L.Trainer) -> bool:
 
 def _out_of_steps(trainer: L.Trainer) -> bool:
     return 0 < trainer.max_steps <= trainer.global_step
-
-
-def _books_closed_on_a_cut_epoch(trainer: L.Trainer) -> bool:
-    """Whether ``max_steps`` stopped the run inside an epoch and Lightning has since counted
-    that epoch as processed (its ``on_train_epoch_end`` and ``on_train_end`` come after)."""
-    fit = trainer.fit_loop
-    cut = _out_of_steps(trainer) and not _epoch_ends_here(trainer)
-    return cut and fit.epoch_progress.current.processed == fit.epoch_progress.current.ready
-
-
-def reopen_epoch(checkpoint: dict) -> None:
-    """Write the loop counters as they stood at the end of the epoch's last trained batch, so a
-    resumed run goes on inside that epoch (same data order, its validation still to come)
-    instead of starting the next one and skipping the rest of this."""
-    loop = checkpoint["loops"]["fit_loop"]
-    for part in ("total", "current"):
-        epochs, batches = loop["epoch_progress"][part], loop["epoch_loop.batch_progress"][part]
-        epochs["processed"] = epochs["completed"] = epochs["ready"] - 1
-        batches["completed"] = batches["processed"] - 1
-    loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1  # the logger's step; +1 on restart
-    checkpoint["epoch"] = loop["epoch_progress"]["current"]["completed"]
 
 
 # -- which checkpoint, which folder ----------------------------------------------------
