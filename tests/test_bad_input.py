@@ -157,12 +157,6 @@ CASES = [
         2,
         ("objective.warmup_steps=-5", "whole number ≥ 0"),
     ),
-    Case(
-        "a second writer of last.ckpt",
-        lambda t: _mnist(t, "callbacks.model_checkpoint.save_last=true"),
-        2,
-        ("callbacks.model_checkpoint.save_last=True", "written by callbacks.resume_checkpoints"),
-    ),
     # (an unknown likelihood, likelihood=poisson, is now a config group option: see the CLI tests)
     Case(
         "unknown model key",

@@ -24,6 +24,7 @@ from conftest import (
     write_mnist,
 )
 from events import scalar_steps
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vaelab.atomic import atomic_torch_save, remove_stale_temps
 from vaelab.checkpoints import check_fits, load_checkpoint
@@ -284,3 +285,13 @@ def test_no_periodic_save_is_due_at_step_zero(tmp_path):
     trainer.save_checkpoint = lambda path, weights_only: saved.append(path)
     callback.on_train_batch_end(trainer, None, None, None, 7)
     assert saved == [tmp_path / "last.ckpt"]
+
+
+def test_another_callbacks_save_last_is_turned_off_so_last_ckpt_has_one_writer(tmp_path):
+    """A run recorded with ModelCheckpoint(save_last=True) still resumes: its epoch-end save
+    would overwrite the step saved inside a cut epoch."""
+    best = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    owner = ResumeCheckpoints(str(tmp_path))
+    trainer = SimpleNamespace(checkpoint_callbacks=[best, owner], is_global_zero=True)
+    owner.setup(trainer, None, "fit")
+    assert best.save_last is False

@@ -213,9 +213,8 @@ RULES: tuple[Rule, ...] = (
     one_of("callbacks.model_checkpoint.mode", ("min", "max")),
     Rule(
         "callbacks.model_checkpoint.save_last",
-        lambda v: v in (False, None),
-        "false (last.ckpt is written by callbacks.resume_checkpoints, which resumes a run cut "
-        "inside an epoch where it stopped; callbacks.resume_checkpoints.every_n_steps sets how often)",
+        lambda v: v in (True, False, None, "link"),
+        "true, false or link (runs ignore it: last.ckpt is written by callbacks.resume_checkpoints)",
         "false",
     ),
     positive_int("callbacks.image_grids.every_n_epochs", "1"),

@@ -119,6 +119,8 @@ class ResumeCheckpoints(Checkpoint):
 
     # -- Lightning hooks -------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            _leave_last_to(self, trainer)
         if stage == "fit" and trainer.is_global_zero and self.dirpath.is_dir():
             for tmp in remove_stale_temps(self.dirpath):
                 log.info("removed %s, left by a save that was killed", tmp)
@@ -179,6 +181,19 @@ class ResumeCheckpoints(Checkpoint):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._rng_to_restore = state_dict.get("rng")
+
+
+def _leave_last_to(owner: ResumeCheckpoints, trainer: L.Trainer) -> None:
+    """Turn off ``save_last`` of the other checkpoint callbacks (runs recorded before
+    ResumeCheckpoints owned last.ckpt ask for it): their epoch-end save after a max_steps cut
+    would overwrite last.ckpt with the epoch counted as done."""
+    for other in trainer.checkpoint_callbacks:
+        if other is not owner and getattr(other, "save_last", None):
+            log.info(
+                "last.ckpt is written by resume_checkpoints: %s's save_last is turned off",
+                type(other).__name__,
+            )
+            other.save_last = False
 
 
 def _epoch_ends_here(trainer: L.Trainer) -> bool:
