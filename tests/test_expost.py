@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vaelab.errors import UserError
 from vaelab.expost import GaussianMixture, fit_mixture
 
 
@@ -13,29 +14,56 @@ def test_one_component_is_the_sample_mean_and_variance():
     z = torch.randn(500, 3) * torch.tensor([1.0, 2.0, 0.5]) + torch.tensor([3.0, -1.0, 0.0])
     gm = fit_mixture(z, 1)
     torch.testing.assert_close(gm.means[0], z.double().mean(0))
-    torch.testing.assert_close(gm.variances[0], z.double().var(0, unbiased=False))
+    centred = z.double() - z.double().mean(0)
+    covariance = centred.T @ centred / len(z) + 1e-4 * torch.eye(3, dtype=torch.float64)  # + MIN_VAR
+    torch.testing.assert_close(gm.covariances[0], covariance)
     assert gm.weights.tolist() == [1.0]
 
 
-def test_em_recovers_a_two_component_mixture_and_its_log_density_matches_torch():
+TRUE_COVARIANCES = torch.tensor([[[1.0, 0.6], [0.6, 0.5]], [[0.5, -0.3], [-0.3, 2.0]]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_em_recovers_a_two_component_mixture_and_its_log_density_matches_torch(covariance):
     g = torch.Generator().manual_seed(1)
     truth = GaussianMixture(
         torch.tensor([0.3, 0.7], dtype=torch.float64),
         torch.tensor([[-4.0, 0.0], [4.0, 1.0]], dtype=torch.float64),
-        torch.tensor([[1.0, 0.25], [0.5, 2.0]], dtype=torch.float64),
+        torch.linalg.cholesky(TRUE_COVARIANCES),
     )
     z = truth.sample(20000, generator=g)
-    gm = fit_mixture(z, 2, seed=0)
+    gm = fit_mixture(z, 2, seed=0, covariance=covariance)
     order = gm.means[:, 0].argsort()
     torch.testing.assert_close(gm.weights[order], truth.weights, atol=0.02, rtol=0)
     torch.testing.assert_close(gm.means[order], truth.means, atol=0.06, rtol=0)
-    torch.testing.assert_close(gm.variances[order], truth.variances, atol=0.08, rtol=0)
+    expected = (
+        TRUE_COVARIANCES
+        if covariance == "full"
+        else torch.diag_embed(TRUE_COVARIANCES.diagonal(dim1=1, dim2=2))
+    )
+    torch.testing.assert_close(gm.covariances[order], expected, atol=0.08, rtol=0)
     D = torch.distributions
     reference = D.MixtureSameFamily(
-        D.Categorical(gm.weights), D.Independent(D.Normal(gm.means, gm.variances.sqrt()), 1)
+        D.Categorical(gm.weights), D.MultivariateNormal(gm.means, scale_tril=gm.scale_trils)
     )
     probe = torch.randn(50, 2, dtype=torch.float64) * 3
     torch.testing.assert_close(gm.log_prob(probe), reference.log_prob(probe))
+
+
+def test_full_covariances_fit_correlated_codes_better_than_diagonal_ones():
+    truth = GaussianMixture(
+        torch.tensor([0.5, 0.5], dtype=torch.float64),
+        torch.tensor([[-4.0, 0.0], [4.0, 1.0]], dtype=torch.float64),
+        torch.linalg.cholesky(TRUE_COVARIANCES),
+    )
+    z = truth.sample(5000, generator=torch.Generator().manual_seed(2))
+    full, diag = fit_mixture(z, 2, covariance="full"), fit_mixture(z, 2, covariance="diag")
+    assert full.log_prob(z).mean() > diag.log_prob(z).mean() + 0.2  # the 0.6 correlation: 0.22 nats
+
+
+def test_an_unknown_covariance_kind_is_a_clear_error():
+    with pytest.raises(UserError, match="eval.expost_covariance='spherical' is not valid.*full, diag"):
+        fit_mixture(torch.randn(10, 2), 2, covariance="spherical")
 
 
 def test_the_fit_and_its_samples_are_seeded():
@@ -52,4 +80,5 @@ def test_more_components_than_points_or_a_tight_cluster_stay_finite(k):
     z = torch.cat([torch.zeros(5, 2), torch.ones(5, 2)])  # two exact points, zero variance
     gm = fit_mixture(z, k)
     assert len(gm.weights) == min(k, 10)
-    assert torch.isfinite(gm.log_prob(z)).all() and (gm.variances >= 1e-4).all()
+    variances = gm.covariances.diagonal(dim1=1, dim2=2)
+    assert torch.isfinite(gm.log_prob(z)).all() and (variances >= 1e-4).all()

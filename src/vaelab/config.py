@@ -20,6 +20,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vaelab.data.base import SPLITS
 from vaelab.errors import UserError, renamed
+from vaelab.expost import COVARIANCES
 from vaelab.model.parts import accepted_keys
 
 
@@ -248,6 +249,7 @@ RULES: tuple[Rule, ...] = (
     positive_int("eval.judge_epochs", "4"),
     whole("eval.export_samples", 0, "10000"),
     whole("eval.expost_components", 0, "10"),
+    one_of("eval.expost_covariance", COVARIANCES),
     number("figures.sample_temperature", "1.0"),
     number("figures.traversal_quantile", "0.05", include_low=True, high=0.49),
     positive_int("figures.n_images", "16"),

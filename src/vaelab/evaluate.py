@@ -176,7 +176,7 @@ def _expost_prior(cfg: DictConfig, vae, datamodule) -> GaussianMixture | None:
             y = None if labels is None else labels[start : start + 1000].to(device)
             means.append(vae.encode(x, y)[0].cpu())
             bar.update(len(x))
-    return fit_mixture(torch.cat(means), k, seed=cfg.eval.seed)
+    return fit_mixture(torch.cat(means), k, seed=cfg.eval.seed, covariance=cfg.eval.expost_covariance)
 
 
 def _expost_sampler(vae, mixture: GaussianMixture, seed: int):
@@ -316,11 +316,13 @@ def _pictures(cfg: DictConfig, vae, split: dict, mu, label_names, expost=None) -
     n_shown = max(settings.n_images, 2 * settings.interpolation_pairs)
     x = to_unit_float(split["images"][:n_shown]).to(next(vae.parameters()).device)
     _, activity = active_units(mu, cfg.eval.active_threshold)
-    makers = figure_makers(vae, x, mu, activity, split.get("labels"), settings, label_names)
+    more = []
     if expost is not None:  # beside the prior's samples in result.png: the ex-post prior's
         z = expost.sample(settings.n_samples, torch.Generator().manual_seed(settings.seed))
-        label = f"ex-post sample ({len(expost.weights)} Gaussians)"
-        makers["samples_expost"] = lambda: labelled_samples(vae, z, settings.per_row, label)
+        more = [(f"ex-post sample ({len(expost.weights)} Gaussians)", z)]
+    makers = figure_makers(vae, x, mu, activity, split.get("labels"), settings, label_names, more)
+    if more:
+        makers["samples_expost"] = lambda: labelled_samples(vae, z, settings.per_row, more[0][0])
     figures = {}
     with Progress(len(makers), "figures", "figures") as bar:
         for name, make in makers.items():

@@ -3,9 +3,10 @@ to the training set's posterior means.
 
 A VAE's aggregate posterior rarely fills N(0, I): codes cluster, and prior draws that land in
 the holes between clusters decode to blurs. Drawing z from a mixture fitted where the codes
-actually are gives samples that look like the data, without retraining. Diagonal components,
-fitted by EM from a k-means++ start in float64; the fit is seeded, so the same means give the
-same mixture.
+actually are gives samples that look like the data, without retraining. Components have full
+covariances (codes within a cluster are correlated; ``covariance="diag"`` keeps only their
+variances), fitted by EM from a k-means++ start in float64; the fit is seeded, so the same means
+give the same mixture.
 """
 
 from __future__ import annotations
@@ -16,35 +17,43 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-MIN_VAR = 1e-4  # a floor on each component's variances: a collapsed component would give log 0
+from vaelab.errors import UserError
+
+MIN_VAR = 1e-4  # added to each component's variances: a collapsed component would give log 0
+COVARIANCES = ("full", "diag")
 
 
 @dataclass
 class GaussianMixture:
     weights: Tensor  # (K,)
     means: Tensor  # (K, D)
-    variances: Tensor  # (K, D), diagonal
+    scale_trils: Tensor  # (K, D, D): lower Cholesky factors of the covariances
+
+    @property
+    def covariances(self) -> Tensor:
+        return self.scale_trils @ self.scale_trils.mT
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """log Σ_k w_k N(z; m_k, diag v_k), per row of ``z`` (N, D)."""
+        """log Σ_k w_k N(z; m_k, Σ_k), per row of ``z`` (N, D)."""
         return torch.logsumexp(_component_log_probs(z.double(), self) + self.weights.log(), dim=1)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
-        return (self.means[k] + eps * self.variances[k].sqrt()).float()
+        eps = torch.randn(n, self.means.shape[1], 1, generator=generator, dtype=torch.float64)
+        return (self.means[k] + (self.scale_trils[k] @ eps).squeeze(-1)).float()
 
 
 def _component_log_probs(z: Tensor, gm: GaussianMixture) -> Tensor:
-    """(N, K): log N(z_n; m_k, diag v_k), with Σ_d (z_d − m_kd)²/v_kd expanded into matrix
-    products: no (N, K, D) tensor, which for 55,000 codes × 50 components × 32 dims is 700 MB."""
-    precision = 1.0 / gm.variances
-    quadratic = z.square() @ precision.T - 2 * z @ (gm.means * precision).T
-    constant = (gm.means.square() * precision + gm.variances.log()).sum(1) + z.shape[1] * math.log(
-        2 * math.pi
-    )
-    return -0.5 * (quadratic + constant)
+    """(N, K): log N(z_n; m_k, Σ_k), one component at a time (no (N, K, D) tensor: 55,000 codes
+    × 50 components × 128 dims would be 2.8 GB)."""
+    half_log_det = gm.scale_trils.diagonal(dim1=1, dim2=2).log().sum(1)  # (K,)
+    columns = []
+    for mean, tril in zip(gm.means, gm.scale_trils, strict=True):
+        white = torch.linalg.solve_triangular(tril, (z - mean).T, upper=False)  # (D, N)
+        columns.append(white.square().sum(0))
+    mahalanobis = torch.stack(columns, dim=1)
+    return -0.5 * (mahalanobis + z.shape[1] * math.log(2 * math.pi)) - half_log_det
 
 
 def _kmeans_pp(z: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -58,16 +67,39 @@ def _kmeans_pp(z: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.cat(centres)
 
 
-def fit_mixture(z: Tensor, components: int, iterations: int = 100, seed: int = 0) -> GaussianMixture:
-    """EM for a diagonal Gaussian mixture on the rows of ``z`` (N, D); stops early once the mean
-    log-likelihood improves by less than 1e-6 nats."""
+def _scale_trils(z: Tensor, resp: Tensor, mass: Tensor, means: Tensor, covariance: str) -> Tensor:
+    """The M step's Cholesky factors: each component's responsibility-weighted covariance (or
+    only its diagonal) plus MIN_VAR on the diagonal."""
+    eye = torch.eye(z.shape[1], dtype=z.dtype)
+    factors = []
+    for r, m, total in zip(resp.T, means, mass, strict=True):
+        centred = z - m
+        if covariance == "diag":
+            cov = torch.diag((r @ centred.square()) / total)
+        else:
+            cov = (centred * r[:, None]).T @ centred / total
+        factors.append(torch.linalg.cholesky(cov + MIN_VAR * eye))
+    return torch.stack(factors)
+
+
+def fit_mixture(
+    z: Tensor, components: int, iterations: int = 100, seed: int = 0, covariance: str = "full"
+) -> GaussianMixture:
+    """EM for a Gaussian mixture on the rows of ``z`` (N, D), with full or diagonal
+    covariances; stops early once the mean log-likelihood improves by less than 1e-6 nats."""
+    if covariance not in COVARIANCES:
+        raise UserError(
+            f"eval.expost_covariance={covariance!r} is not valid; the ex-post prior's components have "
+            f"full covariances or diagonal ones: use one of {', '.join(COVARIANCES)}."
+        )
     z = z.double()
     generator = torch.Generator().manual_seed(seed)
     k = min(components, len(z))
+    start = torch.diag(z.var(0) + MIN_VAR).sqrt()
     gm = GaussianMixture(
         weights=torch.full((k,), 1.0 / k, dtype=torch.float64),
         means=_kmeans_pp(z, k, generator),
-        variances=z.var(0, keepdim=True).repeat(k, 1).clamp(min=MIN_VAR),
+        scale_trils=start.expand(k, -1, -1).clone(),
     )
     previous = -math.inf
     for _ in range(iterations):
@@ -76,8 +108,7 @@ def fit_mixture(z: Tensor, components: int, iterations: int = 100, seed: int = 0
         resp = (joint - total).exp()  # (N, K) responsibilities
         mass = resp.sum(0) + 1e-12
         means = (resp.T @ z) / mass[:, None]
-        variances = (resp.T @ z.square()) / mass[:, None] - means.square()
-        gm = GaussianMixture(mass / mass.sum(), means, variances.clamp(min=MIN_VAR))
+        gm = GaussianMixture(mass / mass.sum(), means, _scale_trils(z, resp, mass, means, covariance))
         current = float(total.mean())
         if current - previous < 1e-6:
             break

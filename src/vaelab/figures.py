@@ -16,7 +16,7 @@ manifold with the label of the test image whose code they start from.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,21 +87,25 @@ def result_figure(
     seed: int,
     scale: int = SCALE,
     y: Tensor | None = None,
+    more: Sequence[tuple[str, Tensor]] = (),
 ) -> Tensor:
     """The project's result picture: rows of test images, each over its reconstructions (with
     the images' labels ``y`` on a conditional VAE), then rows of decoded prior samples
-    z ~ N(0, temperature² I) (cycling through the classes on a conditional VAE); enlarged
-    ``scale`` times, each row labelled."""
+    z ~ N(0, temperature² I) (cycling through the classes on a conditional VAE), then the
+    decodings of each (label, codes) in ``more`` (another sampler's draws); enlarged ``scale``
+    times, each row labelled."""
     z = vae.prior_sample(n_samples, temperature, generator=torch.Generator().manual_seed(seed))
-    recon, samples = reconstruction_grid(vae, x, per_row, y), sample_grid(vae, z, per_row)
+    recon = reconstruction_grid(vae, x, per_row, y)
     tile = x.shape[-2]
     kinds = ("test image", "reconstruction")
     labels = [(band, kinds[r % 2]) for r, band in enumerate(row_bands(_tile_rows(recon, tile), tile))]
-    sampled = f"sample, T = {temperature:g}"
-    labels += [
-        (band, sampled) for band in row_bands(_tile_rows(samples, tile), tile, top=recon.shape[1] + GAP)
-    ]
-    return with_row_labels(_stack([recon, samples]), labels, scale)
+    grids, top = [recon], recon.shape[1]
+    for label, codes in [(f"sample, T = {temperature:g}", z), *more]:
+        grid = sample_grid(vae, codes, per_row)
+        labels += [(band, label) for band in row_bands(_tile_rows(grid, tile), tile, top=top + GAP)]
+        grids.append(grid)
+        top += GAP + grid.shape[1]
+    return with_row_labels(_stack(grids), labels, scale)
 
 
 @torch.no_grad()
@@ -302,13 +306,14 @@ def figure_makers(
     labels: Tensor | None,
     settings: FigureSettings,
     label_names: list[str] | None = None,
+    more_samples: Sequence[tuple[str, Tensor]] = (),
 ) -> dict[str, Callable[[], Tensor]]:
     """Each figure of an evaluation by file name, as a function that draws it, so a caller can
     show progress between figures. ``x``: test images in [0, 1] (first ones used), ``mu``:
     their top-layer posterior means (N, D), ``activity``: Cov_x E_q[z] per dim, ``labels``: the
     N images' labels (colours of the scatter; a conditional VAE's conditions), ``label_names``:
-    CelebA's attribute names. A conditional VAE adds ``samples_per_class``, a VampPrior
-    ``pseudo_inputs``."""
+    CelebA's attribute names, ``more_samples``: (label, codes) of other samplers for the result
+    picture. A conditional VAE adds ``samples_per_class``, a VampPrior ``pseudo_inputs``."""
     s = settings
     pairs = min(s.interpolation_pairs, len(x) // 2)
     dims = activity.argsort(descending=True)[: s.traversal_dims].tolist()
@@ -321,7 +326,7 @@ def figure_makers(
     y_a, y_b = (None, None) if y is None else (y[:pairs], y[pairs : 2 * pairs])
     makers = {
         "result": lambda: result_figure(
-            vae, x[: s.n_images], s.n_samples, s.per_row, s.sample_temperature, s.seed, y=y
+            vae, x[: s.n_images], s.n_samples, s.per_row, s.sample_temperature, s.seed, y=y, more=more_samples
         ),
         "interpolations": lambda: interpolation_grid(
             vae, x[:pairs], x[pairs : 2 * pairs], s.interpolation_steps, y_a, y_b
