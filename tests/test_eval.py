@@ -64,7 +64,8 @@ def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path, 
     assert "IWAE NLL, k = 20" in table and f"{m['neg_elbo']:.2f}" in table
     figures = mnist_run / "figures"
     (width, height), mode = _size(figures / "result.png")  # enlarged twice, a label margin on the left
-    assert height == 2 * (4 * 30 + 2 + 6 + 2 * 30 + 2) and width > 2 * 242 and mode == "RGB"
+    samples = 6 + 2 * 30 + 2  # a gap and a band of two rows of 8: prior samples, then ex-post ones
+    assert height == 2 * (4 * 30 + 2 + 2 * samples) and width > 2 * 242 and mode == "RGB"
     assert _size(figures / "manifold.png")[0] == (20 * 28, 20 * 28)  # latent_dim = 2
     assert _size(figures / "latent_scatter.png")[0] == (500, 500)
     assert _size(figures / "samples_expost.png")[0][1] == 2 * (2 * 30 + 2)  # 16 samples, 8 a row
@@ -93,7 +94,7 @@ def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path, 
     ]
     scoring = "log p(x), importance sampling with k=20: "
     quality = "sample quality: 40 images per set, mnist judge: "
-    expost = "ex-post prior: 10 Gaussians on the training codes: "
+    expost = "ex-post prior: 50 Gaussians on the training codes: "
     assert progress == [
         f"{scoring}120 images ...",
         f"{scoring}50/120 images (42%), T elapsed, about T left",
@@ -170,7 +171,8 @@ def test_celeba_checkpoint_gives_colour_64px_figures(tmp_path, celeba_root):
     assert m["n_examples"] == 8 and m["nll_iwae"] <= m["neg_elbo"]
     tile = 64 + 2
     (width, height), mode = _size(run_dir / "figures" / "result.png")
-    assert height == 2 * (2 * tile + 2 + 6 + tile + 2) and width > 2 * (8 * tile + 2) and mode == "RGB"
+    samples = 6 + tile + 2  # a gap and one row of samples: the prior's, then the ex-post prior's
+    assert height == 2 * (2 * tile + 2 + 2 * samples) and width > 2 * (8 * tile + 2) and mode == "RGB"
     assert not (run_dir / "figures" / "manifold.png").exists()  # latent_dim 4: no 2-D manifold
 
 

@@ -151,14 +151,20 @@ def test_figure_makers_draw_one_figure_per_call_the_same_as_evaluation_figures()
         assert torch.equal(make(), drawn[name]), name
 
 
-def test_training_writes_the_result_picture_after_the_test(tmp_path, mnist_root, compose_train):
+@pytest.mark.parametrize("components, sample_bands", [(3, 2), (0, 1)], ids=["with-expost", "prior-only"])
+def test_training_writes_the_result_picture_after_the_test(
+    tmp_path, mnist_root, compose_train, components, sample_bands
+):
+    """Test images over reconstructions, then a band of prior samples and, unless turned off,
+    a band of ex-post prior samples fitted to the training codes."""
     out = tmp_path / "run"
     over = tiny_overrides(mnist_root, out, tmp_path / "cache")
-    run(compose_train([*over, "dataset.val_size=40", "callbacks.result_figure.n_images=8"]))
+    over += ["dataset.val_size=40", "callbacks.result_figure.n_images=8"]
+    run(compose_train([*over, f"callbacks.result_figure.expost_components={components}"]))
+    band = 2 * TILE + 2  # two rows of tiles and the grid's padding
     with Image.open(out / "figures" / "result.png") as im:
-        assert im.size[1] == SCALE * (2 * TILE + 2 + GAP + 2 * TILE + 2) and im.size[0] > SCALE * (
-            8 * TILE + 2
-        )
+        assert im.size[1] == SCALE * (band + sample_bands * (GAP + band))
+        assert im.size[0] > SCALE * (8 * TILE + 2)
     _, images = read_events(out / "tensorboard")
     assert "figures/result" in images
 

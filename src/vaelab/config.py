@@ -236,6 +236,8 @@ RULES: tuple[Rule, ...] = (
     positive_int("callbacks.result_figure.n_samples", "16"),
     positive_int("callbacks.result_figure.per_row", "8"),
     number("callbacks.result_figure.sample_temperature", "1.0"),
+    whole("callbacks.result_figure.expost_components", 0, "50"),
+    one_of("callbacks.result_figure.expost_covariance", COVARIANCES),
     # -- evaluation (conf/eval.yaml; absent from training configs, so skipped there) ---
     one_of("eval.split", SPLITS),
     positive_int("eval.k", "500"),

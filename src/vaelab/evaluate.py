@@ -26,8 +26,15 @@ from vaelab import checkpoints
 from vaelab.config import config_tree, validate
 from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
-from vaelab.expost import GaussianMixture, fit_mixture
-from vaelab.figures import FigureSettings, attribute_names, figure_makers, labelled_samples, publish
+from vaelab.expost import GaussianMixture, fit_to_training_codes
+from vaelab.figures import (
+    FigureSettings,
+    attribute_names,
+    expost_rows,
+    figure_makers,
+    labelled_samples,
+    publish,
+)
 from vaelab.judges import load_or_train_judge
 from vaelab.metrics import DataModel, active_units, fid_scores, inception_fid, likelihood_metrics
 from vaelab.module import VAEModule
@@ -164,19 +171,11 @@ def _expost_prior(cfg: DictConfig, vae, datamodule) -> GaussianMixture | None:
     k = cfg.eval.expost_components
     if not k:
         return None
-    train = datamodule.splits["train"]["images"]  # loaded by _load_split
-    if datamodule.binarize:  # the model saw 0/1 images
-        train = datamodule.fixed_binarization("train", train)
-    # a conditional VAE encodes each training image with its own label
-    labels = datamodule.splits["train"]["labels"] if vae.n_conditions else None
-    device, means = next(vae.parameters()).device, []
-    with Progress(len(train), f"ex-post prior: {k} Gaussians on the training codes", "images") as bar:
-        for start in range(0, len(train), 1000):
-            x = to_unit_float(train[start : start + 1000]).to(device)
-            y = None if labels is None else labels[start : start + 1000].to(device)
-            means.append(vae.encode(x, y)[0].cpu())
-            bar.update(len(x))
-    return fit_mixture(torch.cat(means), k, seed=cfg.eval.seed, covariance=cfg.eval.expost_covariance)
+    n = len(datamodule.splits["train"]["images"])  # loaded by _load_split
+    with Progress(n, f"ex-post prior: {k} Gaussians on the training codes", "images") as bar:
+        return fit_to_training_codes(
+            vae, datamodule, k, cfg.eval.seed, cfg.eval.expost_covariance, progress=bar.update
+        )
 
 
 def _expost_sampler(vae, mixture: GaussianMixture, seed: int):
@@ -316,13 +315,11 @@ def _pictures(cfg: DictConfig, vae, split: dict, mu, label_names, expost=None) -
     n_shown = max(settings.n_images, 2 * settings.interpolation_pairs)
     x = to_unit_float(split["images"][:n_shown]).to(next(vae.parameters()).device)
     _, activity = active_units(mu, cfg.eval.active_threshold)
-    more = []
-    if expost is not None:  # beside the prior's samples in result.png: the ex-post prior's
-        z = expost.sample(settings.n_samples, torch.Generator().manual_seed(settings.seed))
-        more = [(f"ex-post sample ({len(expost.weights)} Gaussians)", z)]
+    more = expost_rows(expost, settings.n_samples, settings.seed)  # under the prior's in result.png
     makers = figure_makers(vae, x, mu, activity, split.get("labels"), settings, label_names, more)
     if more:
-        makers["samples_expost"] = lambda: labelled_samples(vae, z, settings.per_row, more[0][0])
+        (label, z), per_row = more[0], settings.per_row
+        makers["samples_expost"] = lambda: labelled_samples(vae, z, per_row, label)
     figures = {}
     with Progress(len(makers), "figures", "figures") as bar:
         for name, make in makers.items():

@@ -12,11 +12,13 @@ give the same mixture.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
 
 MIN_VAR = 1e-4  # added to each component's variances: a collapsed component would give log 0
@@ -114,3 +116,30 @@ def fit_mixture(
             break
         previous = current
     return gm
+
+
+@torch.no_grad()
+def fit_to_training_codes(
+    vae,
+    datamodule,
+    components: int,
+    seed: int = 0,
+    covariance: str = "full",
+    progress: Callable[[int], object] | None = None,
+    chunk: int = 1000,
+) -> GaussianMixture:
+    """The ex-post prior of ``vae``: ``components`` Gaussians fitted to the top-layer posterior
+    means of the datamodule's loaded training images (binarised once, as the model saw 0/1
+    images; each with its own label on a conditional VAE). ``progress(n)`` after each chunk."""
+    train = datamodule.splits["train"]["images"]
+    if datamodule.binarize:
+        train = datamodule.fixed_binarization("train", train)
+    labels = datamodule.splits["train"]["labels"] if vae.n_conditions else None
+    device, means = next(vae.parameters()).device, []
+    for start in range(0, len(train), chunk):
+        x = to_unit_float(train[start : start + chunk]).to(device)
+        y = None if labels is None else labels[start : start + chunk].to(device)
+        means.append(vae.encode(x, y)[0].float().cpu())
+        if progress is not None:
+            progress(len(x))
+    return fit_mixture(torch.cat(means), components, seed=seed, covariance=covariance)

@@ -30,6 +30,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from vaelab.annotate import row_bands, with_row_labels
+from vaelab.expost import fit_to_training_codes
 from vaelab.grids import interpolation_grid, labels_for, reconstruction_grid, sample_grid
 
 GAP = 6  # white rows between the reconstruction block and the sample block of the result picture
@@ -106,6 +107,14 @@ def result_figure(
         grids.append(grid)
         top += GAP + grid.shape[1]
     return with_row_labels(_stack(grids), labels, scale)
+
+
+def expost_rows(mixture, n: int, seed: int) -> list[tuple[str, Tensor]]:
+    """The result picture's rows of ex-post prior draws (none without a mixture): n seeded codes."""
+    if mixture is None:
+        return []
+    z = mixture.sample(n, torch.Generator().manual_seed(seed))
+    return [(f"ex-post sample ({len(mixture.weights)} Gaussians)", z)]
 
 
 @torch.no_grad()
@@ -399,8 +408,11 @@ class ResultFigure(L.Callback):
         seed: int = 0,
         class_attributes=CLASS_ATTRIBUTES,
         class_images: int = 2,
+        expost_components: int = 50,
+        expost_covariance: str = "full",
     ):
         self.dirpath, self.n_images, self.n_samples = dirpath, n_images, n_samples
+        self.expost_components, self.expost_covariance = expost_components, expost_covariance
         self.per_row, self.temperature, self.seed = per_row, sample_temperature, seed
         self.class_attributes, self.class_images = tuple(class_attributes), class_images
         self._images: Tensor | None = None
@@ -412,13 +424,22 @@ class ResultFigure(L.Callback):
             has_labels = len(batch) > 1 and isinstance(batch[1], Tensor) and len(batch[1]) == len(batch[0])
             self._labels = batch[1][: max(self.n_images, self.class_images)].detach() if has_labels else None
 
-    def figures(self, vae, names: list[str] | None = None) -> dict[str, Tensor]:
-        """The figures of ``vae`` on the images (and labels) kept from the first test batch."""
+    def figures(self, vae, names: list[str] | None = None, expost=None) -> dict[str, Tensor]:
+        """The figures of ``vae`` on the images (and labels) kept from the first test batch; with
+        ``expost`` (a :class:`~vaelab.expost.GaussianMixture`), its samples under the prior's."""
         y = self._labels if vae.n_conditions else None
+        more = expost_rows(expost, self.n_samples, self.seed)
         with evaluation_mode(vae):
             out = {
                 "result": result_figure(
-                    vae, self._images, self.n_samples, self.per_row, self.temperature, self.seed, y=y
+                    vae,
+                    self._images,
+                    self.n_samples,
+                    self.per_row,
+                    self.temperature,
+                    self.seed,
+                    y=y,
+                    more=more,
                 )
             }
             if vae.n_conditions:
@@ -436,11 +457,22 @@ class ResultFigure(L.Callback):
                 out["pseudo_inputs"] = pseudo_inputs_grid(vae, N_PSEUDO_INPUTS, self.per_row)
         return out
 
+    def _expost(self, vae, datamodule):
+        """The ex-post prior fitted to the training codes (None: off, or no training split)."""
+        if not self.expost_components or "train" not in getattr(datamodule, "splits", {}):
+            return None
+        with evaluation_mode(vae):
+            return fit_to_training_codes(
+                vae, datamodule, self.expost_components, self.seed, self.expost_covariance
+            )
+
     def on_test_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or self._images is None:
             return
-        names = attribute_names(getattr(trainer, "datamodule", None))
-        figures = self.figures(pl_module.vae, names)
+        datamodule = getattr(trainer, "datamodule", None)
+        figures = self.figures(
+            pl_module.vae, attribute_names(datamodule), self._expost(pl_module.vae, datamodule)
+        )
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         publish(figures, Path(self.dirpath), writers[0] if writers else None, trainer.global_step)
         self._images = self._labels = None
