@@ -352,6 +352,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     metrics, mu = _numbers(cfg, vae, split)
     expost = _expost_prior(cfg, vae, datamodule)
     metrics.update(_quality(cfg, vae, datamodule, cfg.eval.split, expost))
+    if expost is not None:  # what quality/expost/* and the ex-post rows of the figures drew from
+        metrics["expost_prior"] = f"{len(expost.weights)} Gaussians, {cfg.eval.expost_covariance} covariances"
     figures = _pictures(cfg, vae, split, mu, attribute_names(datamodule), expost)
     _export_samples(cfg, vae)
     step = int(ckpt.get("global_step", 0))
