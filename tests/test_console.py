@@ -59,6 +59,9 @@ def test_the_config_tree_can_be_turned_off(tmp_path, capsys):
     run(compose_config([*base, f"paths.output_dir={tmp_path / 'run2'}"]))
     out = capsys.readouterr().out
     assert out.count("CONFIG") == 1 and "latent_dim: 32" in out
+    # each part once, in its own group: the model points at it instead of repeating it
+    assert out.count("_target_: vaelab.model.nets.mlp.MLP") == 1 and "  net: ${net}" in out
+    assert out.count("_target_: vaelab.model.priors.normal.StandardNormal") == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

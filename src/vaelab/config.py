@@ -456,6 +456,18 @@ def _hardware_problems(cfg: DictConfig) -> list[str]:
     ]
 
 
+def _with_group_links(cfg: DictConfig, value: DictConfig):
+    """``value`` resolved, except entries that are a whole top-level group (the model's
+    ``net: ${net}``, ...): those stay ``${net}``, so the tree shows each part once, in its group."""
+    shown = OmegaConf.to_container(value, resolve=True)
+    if isinstance(shown, dict):
+        for key, raw in OmegaConf.to_container(value, resolve=False).items():
+            group = raw[2:-1] if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") else None
+            if group in cfg and OmegaConf.is_config(cfg[group]):
+                shown[key] = raw
+    return shown
+
+
 def config_tree(
     cfg: DictConfig, first=("dataset", "model", "trainer", "callbacks", "logger", "paths")
 ) -> str:
@@ -466,7 +478,7 @@ def config_tree(
         branch = "└──" if i == len(keys) - 1 else "├──"
         value = cfg[key]
         if OmegaConf.is_config(value):
-            body = OmegaConf.to_yaml(value, resolve=True).rstrip("\n").splitlines()
+            body = OmegaConf.to_yaml(_with_group_links(cfg, value)).rstrip("\n").splitlines()
             pad = "    " if i == len(keys) - 1 else "│   "
             lines.append(f"{branch} {key}")
             lines += [pad + line for line in body]
