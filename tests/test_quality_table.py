@@ -45,7 +45,7 @@ def test_one_row_per_sampler_with_the_share_against_real_images_and_the_floors(t
     rows = [line for line in out.read_text().splitlines() if line.startswith("| `base`")]
     assert len(rows) == 2 and out.read_text() == capsys.readouterr().out
     prior, expost = rows
-    assert "prior N(0, I), T = 1" in prior and "0.300 (0.31 ×)" in prior and "| 212.6 |" in prior
+    assert "prior p(z), T = 1" in prior and "0.300 (0.31 ×)" in prior and "| 212.6 |" in prior
     assert "ex-post prior (50 Gaussians, full covariances)" in expost and "0.900 (0.94 ×)" in expost
     assert "10.7 / 8.8" in expost and "| 30 | 2.5 min |" in expost
     assert "`experiment=mnist`" in prior and "data_dir" not in prior  # where the data lay: left out

@@ -21,7 +21,7 @@ import yaml
 
 from vaelab.errors import UserError, exit_on_user_error
 
-SAMPLERS = {"samples": "prior N(0, I), T = 1", "expost": "ex-post prior"}
+SAMPLERS = {"samples": "prior p(z), T = 1", "expost": "ex-post prior"}
 NUMBERS = ("confident", "class_entropy", "fd", "precision", "recall")
 HEADER = (
     "| run | overrides | epochs | training | sampler | confident share (× real) | class entropy "
