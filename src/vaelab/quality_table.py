@@ -12,7 +12,6 @@ is typed in: a number missing from a run's files is shown as "—".
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from vaelab.errors import UserError, exit_on_user_error
+from vaelab.sweep_summary import read_json
 
 SAMPLERS = {"samples": "prior p(z), T = 1", "expost": "ex-post prior"}
 NUMBERS = ("confident", "class_entropy", "fd", "precision", "recall")
@@ -28,14 +28,6 @@ HEADER = (
     "| FD | precision | recall | FD of reconstructions / real |"
 )
 IGNORED_OVERRIDES = ("paths.", "hydra.", "dataset.root", "test=", "trainer.max_epochs")
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _overrides(run: Path) -> str:
@@ -53,13 +45,13 @@ def _fmt(value, digits: int = 3) -> str:
 
 def rows(run: Path) -> list[str]:
     """The table rows of one run: one per sampler its evaluation scored."""
-    ev = _json(run / "eval" / "metrics.json")
+    ev = read_json(run / "eval" / "metrics.json")
     if not ev:
         raise UserError(
             f"{run}: no eval/metrics.json. Evaluate the run first (python src/eval.py "
             f"ckpt_path={run}/checkpoints/last.ckpt), or leave it out."
         )
-    fit = _json(run / "metrics.json")
+    fit = read_json(run / "metrics.json")
     q = {k.removeprefix("quality/"): v for k, v in ev.items() if k.startswith("quality/")}
     real = q.get("real/confident")
     floors = f"{_fmt(q.get('reconstructions/fd'), 1)} / {_fmt(q.get('real/fd'), 1)}"

@@ -64,7 +64,8 @@ def _job_number(name: str) -> int | None:
     return int(digits.group()) if digits else None
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -79,7 +80,7 @@ def _eval_metrics(job_dir: Path) -> dict[str, object]:
     if not found:
         return {}
     newest = max(found, key=lambda p: p.stat().st_mtime)
-    flat = {k: v for k, v in _read_json(newest).items() if _is_number(v) and not k.startswith(EVAL_SETTINGS)}
+    flat = {k: v for k, v in read_json(newest).items() if _is_number(v) and not k.startswith(EVAL_SETTINGS)}
     return {k if k.startswith("eval/") else f"eval/{k}": v for k, v in flat.items()}
 
 
@@ -88,7 +89,7 @@ def read_job(job_dir: Path) -> Job:
     for item in yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []:
         key, _, value = str(item).partition("=")
         overrides[key.lstrip("+~")] = value
-    metrics = _read_json(job_dir / "metrics.json")
+    metrics = read_json(job_dir / "metrics.json")
     metrics.update(_eval_metrics(job_dir))
     return Job(job_dir.name, overrides, metrics)
 
