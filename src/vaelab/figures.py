@@ -16,6 +16,7 @@ manifold with the label of the test image whose code they start from.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from torchvision.utils import make_grid, save_image
 from vaelab.annotate import row_bands, with_row_labels
 from vaelab.expost import fit_to_training_codes
 from vaelab.grids import interpolation_grid, labels_for, reconstruction_grid, sample_grid
+
+log = logging.getLogger(__name__)
 
 GAP = 6  # white rows between the reconstruction block and the sample block of the result picture
 SCALE = 2  # labelled figures are enlarged this many times: 28-pixel digits are too small to read
@@ -461,6 +464,11 @@ class ResultFigure(L.Callback):
         """The ex-post prior fitted to the training codes (None: off, or no training split)."""
         if not self.expost_components or "train" not in getattr(datamodule, "splits", {}):
             return None
+        log.info(  # tens of seconds on a CPU: say what the pause after the test is
+            "result picture: fitting the ex-post prior (%d Gaussians, %s covariances) to the training codes",
+            self.expost_components,
+            self.expost_covariance,
+        )
         with evaluation_mode(vae):
             return fit_to_training_codes(
                 vae, datamodule, self.expost_components, self.seed, self.expost_covariance
