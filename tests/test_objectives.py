@@ -59,6 +59,25 @@ def test_iwae_with_one_sample_is_the_monte_carlo_elbo(x, prior):
         close(iwae.terms["iwae"], mc.terms["elbo"])  # log mean exp of one weight is the weight
 
 
+def test_the_elbo_sticks_the_landing_only_when_asked(x):
+    """stl=true: the same loss and terms at the same draws, and a gradient without the score term,
+    which for the encoder's σ is nonzero at any single draw."""
+    vae = tiny_vae(prior=MIXTURE)
+
+    def run(objective):
+        vae.zero_grad()
+        terms = seeded(objective, vae, x, 0)
+        terms.loss.backward()
+        return terms, torch.cat([p.grad.flatten() for p in vae.encoders.parameters()])
+
+    (plain, g_plain), (stl, g_stl) = run(ELBO()), run(ELBO(stl=True))
+    close(plain.loss, stl.loss)
+    for name in ("recon", "kl", "elbo"):
+        close(plain.terms[name], stl.terms[name])
+    assert not torch.allclose(g_plain, g_stl)
+    assert ELBO().stl is False and ELBO(stl=True).stl is True
+
+
 def test_iwae_with_one_sample_matches_the_analytic_elbo_within_monte_carlo_error(x):
     vae = tiny_vae()
     seeds = range(400)

@@ -4,6 +4,7 @@ never run."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -347,3 +348,69 @@ def test_the_long_vae_row_starts_as_a_copy_of_the_shorter_run_and_resumes_it(tmp
     assert f"ckpt_path={copy / 'checkpoints' / 'last.ckpt'}" in command
     results.start_from_shorter_run("mnist_vae_long", args)  # once there, never copied again
     assert (copy / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
+
+
+# -- the records beside the table -------------------------------------------------------------------
+def test_a_row_keeps_its_numbers_from_its_record_when_its_run_folder_is_gone(tmp_path):
+    runs = tmp_path / "runs"
+    run = fake_run(runs, "mnist_vae", 88.4321)
+    (run / ".hydra" / "resume-1").mkdir()
+    (run / ".hydra" / "resume-1" / "overrides.yaml").write_text("- trainer.max_epochs=20\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"\0" * 1000)
+    fake_run(runs, "mnist_iwae", 87.1, evaluated=False)
+    first = table(runs, tmp_path)
+
+    record = tmp_path / "results" / "mnist_vae"  # beside results.md
+    for name in results.RECORD_FILES:
+        assert (record / name).read_bytes() == (run / name).read_bytes(), name
+    assert (record / ".hydra" / "resume-1" / "overrides.yaml").is_file()
+    assert not (record / "checkpoints").exists()  # the record keeps what the table reads, no weights
+    assert json.loads((record / results.RECORD_SOURCE).read_text())["run"] == str(run)
+    assert not (tmp_path / "results" / "mnist_iwae").exists()  # not evaluated: nothing to record
+
+    shutil.rmtree(runs)
+    second = table(runs, tmp_path)
+    assert line_of(second, "mnist_vae") == line_of(first, "mnist_vae")
+    assert "88.43 (k = 5000)" in line_of(second, "mnist_vae") and "(since last resume)" in second
+    assert f"under `{runs}`" in second and "results/<row>/" in second
+    assert "trained 20 epochs, not evaluated" in line_of(first, "mnist_iwae")
+    assert results.NOT_RUN in line_of(second, "mnist_iwae")
+
+
+def test_a_newer_evaluation_replaces_the_record_and_an_unfinished_run_does_not(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "mnist_vae", 88.4)
+    table(runs, tmp_path)
+    shutil.rmtree(runs / "mnist_vae")
+    fake_run(runs, "mnist_vae", 87.9, epochs=40)
+    assert "87.90 (k = 5000)" in line_of(table(runs, tmp_path), "mnist_vae")
+    shutil.rmtree(runs / "mnist_vae")
+    fake_run(runs, "mnist_vae", 80.0, epochs=60, evaluated=False)  # a longer run under way
+    md = table(runs, tmp_path)
+    assert "87.90 (k = 5000)" in line_of(md, "mnist_vae") and "| 40 |" in line_of(md, "mnist_vae")
+    assert not list((tmp_path / "results").glob(".*recording"))
+
+
+@pytest.mark.parametrize("name", results.ROWS)
+def test_every_row_is_an_experiment_config_that_builds_its_model(name, compose_train):
+    """Each row composes as the runner asks for it and builds a VAE that the table describes in
+    words from the same config (the two-layer ReLU row: ReLU in both nets, the STL gradient)."""
+    from omegaconf import OmegaConf
+
+    from vaelab.model.vae import VAE
+
+    cfg = compose_train([f"experiment={results.experiment_of(name)}", "trainer.max_epochs=1"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    vae = VAE(
+        (3, 64, 64) if name.startswith("celeba") else (1, 28, 28),
+        **{k: model[k] for k in ("latent_dims", "net", "likelihood", "prior")},
+        top_net=model.get("top_net"),
+        n_conditions=0,
+    )
+    described = results.describe_model(OmegaConf.to_container(cfg))
+    assert f"{len(vae.latent_dims)} stochastic layer" in described
+    if name == "mnist_vae_2layer_relu":
+        assert "MLP 200-200 relu, 2 stochastic layers (100-50)" in described
+        assert model["top_net"]["activation"] == "relu" and cfg.objective.stl is True
+        assert "STL gradient" in results.describe_objective(OmegaConf.to_container(cfg.objective))

@@ -4,7 +4,7 @@
 trains and evaluates every row of the table that is not finished yet, one subprocess at a time
 (``src/train.py experiment=<row>`` into ``<runs-dir>/<row>``, then ``src/eval.py`` on its
 ``last.ckpt``, which writes ``<row>/eval/metrics.json``), then writes the markdown table.
-``--table-only`` just rebuilds the table from the runs already there.
+``--table-only`` runs nothing: it records the evaluated runs there and rebuilds the table.
 
 A row is finished when its training ``metrics.json`` has the requested epochs and its
 evaluation's ``metrics.json`` the requested k (and n); a finished row is skipped. A training that
@@ -13,9 +13,12 @@ resumed; a run folder of another budget is moved aside to ``<row>.old-<n>``, nev
 
 The table reads nothing but the runs' own files: ``<run>/metrics.json`` (training: fit_seconds,
 epochs), ``<run>/eval/metrics.json`` (the evaluation) and ``<run>/.hydra/config.yaml`` (the row's
-model, prior and objective). The only numbers typed in here are the published ones, in
-:data:`PUBLISHED`, each with its citation and budget. A row without both metrics files is listed
-as "not run yet", never filled in.
+model, prior and objective). Run folders are large and stay outside the repository, so those
+files of every evaluated row are copied, unchanged, into the records folder beside the table
+(``docs/results/<row>/`` for ``docs/results.md``), and the table is written from the records: a
+row measured in an earlier session keeps its numbers on a machine that no longer has its run.
+The only numbers typed in here are the published ones, in :data:`PUBLISHED`, each with its
+citation and budget. A row without a record is listed as "not run yet", never filled in.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ MNIST_ROWS = (
     "mnist_vae_2layer",
     "mnist_iwae_2layer",
     "mnist_vae_relu",
+    "mnist_vae_relu_stl",
+    "mnist_vae_2layer_relu",
     "mnist_vamp",
     "mnist_free_bits",
 )
@@ -141,6 +146,11 @@ def _yaml(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+# what a row's record keeps of its run folder: the files the table reads, copied unchanged
+RECORD_FILES = ("metrics.json", "eval/metrics.json", ".hydra/config.yaml", "eval/.hydra/config.yaml")
+RECORD_SOURCE = "recorded_from.json"  # where and when the record was copied (written by record())
+
+
 @dataclass
 class Run:
     """One row's run folder, as its own files describe it."""
@@ -193,6 +203,23 @@ class Run:
         only the last attempt."""
         return any((self.path / ".hydra").glob("resume-*"))
 
+    def record(self, records_dir: Path) -> Path:
+        """Copy this evaluated run's :data:`RECORD_FILES` (and its resume records' overrides) to
+        ``records_dir/<name>/``, replacing an older record of the row; returns the record."""
+        target = Path(records_dir) / self.name
+        staging = target.with_name(f".{self.name}.recording")
+        shutil.rmtree(staging, ignore_errors=True)
+        resumes = [p.relative_to(self.path) for p in sorted(self.path.glob(".hydra/resume-*/overrides.yaml"))]
+        for rel in [*map(Path, RECORD_FILES), *resumes]:
+            if (self.path / rel).is_file():
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.path / rel, staging / rel)
+        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        (staging / RECORD_SOURCE).write_text(json.dumps({"run": str(self.path), "recorded": now}, indent=1))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        return target
+
     def trained_for(self, epochs: int) -> bool:
         return self.train is not None and self.epochs == epochs
 
@@ -232,6 +259,10 @@ def describe_objective(spec) -> str:
     if name == "ELBO":
         beta, warmup = spec.get("beta", 1.0), spec.get("warmup_steps", 0)
         text = "ELBO" if beta in (1, 1.0) else f"β-ELBO (β = {beta})"
+        if spec.get("stl"):
+            text += ", STL gradient"  # sticking the landing, on a Monte-Carlo KL
+        elif spec.get("analytic_kl") is False:
+            text += ", Monte-Carlo KL"
         return text + (f", KL warm-up {warmup} steps" if warmup else "")
     if name == "IWAE":
         return f"IWAE (k = {spec.get('k')})"
@@ -432,6 +463,18 @@ def targets(runs: dict[str, Run]) -> list[str]:
             "Negative: the second stochastic layer helps.",
         ),
         _target_line(
+            "2 layers − 1 layer (VAE, ReLU; 2 layers with the STL gradient)",
+            runs["mnist_vae_2layer_relu"],
+            runs["mnist_vae_relu"],
+            "Negative: the second stochastic layer helps.",
+        ),
+        _target_line(
+            "2 layers − 1 layer (VAE, ReLU, both with the STL gradient)",
+            runs["mnist_vae_2layer_relu"],
+            runs["mnist_vae_relu_stl"],
+            "Negative: the second stochastic layer helps, with the same gradient estimator.",
+        ),
+        _target_line(
             "VampPrior − N(0, I)",
             runs["mnist_vamp"],
             runs["mnist_vae_relu"],
@@ -478,8 +521,34 @@ def _budget_found(runs: list[Run]) -> str:
     return f"epochs {epochs}; k = {k}; test images n = {n}"
 
 
-def render(runs_dir: Path, command: str, budget: str) -> str:
-    runs = {name: Run.load(runs_dir, name) for name in ROWS}
+def records_dir_of(out: Path) -> Path:
+    """The records folder beside a table: docs/results/ for docs/results.md."""
+    return Path(out).with_suffix("")
+
+
+def record_finished(runs_dir: Path, records_dir: Path) -> list[str]:
+    """Record every evaluated row found under ``runs_dir``; a row with no evaluated run there keeps
+    the record it has. Returns the rows recorded."""
+    done = [run for run in (Run.load(runs_dir, name) for name in ROWS) if run.done]
+    for run in done:
+        run.record(records_dir)
+    return [run.name for run in done]
+
+
+def _recorded_from(records_dir: Path, runs: list[Run]) -> str:
+    sources = [_json(run.path / RECORD_SOURCE) or {} for run in runs if run.done]
+    folders = sorted({str(Path(s["run"]).parent) for s in sources if isinstance(s.get("run"), str)})
+    return ", ".join(f"`{f}`" for f in folders) or "none"
+
+
+def row_runs(records_dir: Path, runs_dir: Path) -> dict[str, Run]:
+    """Each row's record, or (none yet) its run folder, which may say how far it trained."""
+    runs = {name: Run.load(records_dir, name) for name in ROWS}
+    return {name: run if run.done else Run.load(runs_dir, name) for name, run in runs.items()}
+
+
+def render(records_dir: Path, runs_dir: Path, command: str, budget: str) -> str:
+    runs = row_runs(records_dir, runs_dir)
     mnist, celeba = [runs[n] for n in MNIST_ROWS], [runs[n] for n in CELEBA_ROWS]
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     out = [
@@ -490,8 +559,10 @@ def render(runs_dir: Path, command: str, budget: str) -> str:
         f"Produced by `{command}` on {now}; this machine: {_machine()}.",
         f"Budget asked for: {budget}. Budget of the runs found: MNIST {_budget_found(mnist)}; "
         f"CelebA {_budget_found(celeba)}.",
-        f"Every number below is read from the run folders under `{runs_dir}` (`metrics.json`, "
-        "`eval/metrics.json`, `.hydra/config.yaml`), except the rows marked published. Test NLL is "
+        f"Every number below is read from the runs' own files (`metrics.json`, `eval/metrics.json`, "
+        f"`.hydra/config.yaml`), kept for each row under `{_display(records_dir)}/<row>/` as copied from "
+        f"its run folder (under {_recorded_from(records_dir, list(runs.values()))}; see each "
+        f"`{RECORD_SOURCE}`), except the rows marked published. Test NLL is "
         "the IWAE estimate of −log p(x) with k importance samples (an upper bound on the true NLL "
         "that tightens as k grows); −ELBO is the k = 1 bound.",
         "",
@@ -516,6 +587,14 @@ def render(runs_dir: Path, command: str, budget: str) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _display(path: Path) -> str:
+    """A path relative to the checkout when inside it (the table is committed), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 # -- running the rows ------------------------------------------------------------------------------
@@ -678,8 +757,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--only", nargs="+", choices=ROWS, metavar="NAME", help=f"these rows only: {', '.join(ROWS)}"
     )
-    p.add_argument("--table-only", action="store_true", help="only rebuild the table from the runs there")
-    p.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the markdown file written")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: record the evaluated runs there and rebuild the table",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/results.md"),
+        help="the markdown file written; the rows' records go to the folder of that name (docs/results/)",
+    )
     p.add_argument(
         "--readme",
         type=Path,
@@ -729,8 +817,11 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(name)
     command = shlex.join(["python", "-m", "vaelab.results", *argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    records = records_dir_of(args.out)
+    recorded = record_finished(args.runs_dir, records)
+    print(f"recorded under {records}: {', '.join(recorded) or 'no evaluated row found'}", flush=True)
     budget = "none (--table-only: see the runs' own budgets)" if args.table_only else _budget(args)
-    table = render(args.runs_dir, command, budget)
+    table = render(records, args.runs_dir, command, budget)
     args.out.write_text(table)
     if args.readme is not None and args.readme.is_file():
         embed(args.readme, table, args.out)

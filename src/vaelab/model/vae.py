@@ -56,6 +56,13 @@ def _split(h: Tensor) -> tuple[Tensor, Tensor]:
     return mu, logvar.clamp(*LOGVAR_RANGE)
 
 
+def _cut(stl: bool, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+    """q's parameters, cut from the gradient when ``stl`` (see VAE.forward). For an upper layer
+    they depend on the sample below; cutting that path too keeps the gradient unbiased, since
+    the score of q(z_l|z_{l−1}) has mean zero for every z_{l−1}."""
+    return (mu.detach(), logvar.detach()) if stl else (mu, logvar)
+
+
 def _check_dims(latent_dims) -> list[int]:
     dims = [latent_dims] if isinstance(latent_dims, int) else list(latent_dims)
     if not dims or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dims):
@@ -171,16 +178,23 @@ class VAE(nn.Module):
         y = torch.zeros(u.shape[0], self.n_conditions, device=u.device) if self.n_conditions else None
         return self.encode(u, y)
 
-    def forward(self, x: Tensor, y: Tensor | None = None, k: int = 1) -> Pass:
-        """k reparameterised samples of every layer per example, and their log-densities."""
+    def forward(self, x: Tensor, y: Tensor | None = None, k: int = 1, stl: bool = False) -> Pass:
+        """k reparameterised samples of every layer per example, and their log-densities.
+
+        ``stl`` ("sticking the landing", Roeder et al. 2017): log q(z|·) gets gradients through
+        the samples z only, not through q's parameters directly. The values are unchanged and the
+        ELBO's gradient stays unbiased, but a latent dimension whose posterior matches its prior
+        (an inactive unit) then adds no gradient noise to a Monte-Carlo KL, which otherwise grows
+        with every such dimension (a two-layer model has 150 latent dimensions, most of them inactive).
+        """
         cond = self.condition(y, x.shape[0])
         mu1, logvar1 = _split(self.encoders[0](self._encoder_input(x, cond)))
         z = [elbo.reparameterize(mu1, logvar1, n_samples=k)]  # (k, B, D₁)
-        log_qz = elbo.gaussian_log_density(z[0], mu1, logvar1)
+        log_qz = elbo.gaussian_log_density(z[0], *_cut(stl, mu1, logvar1))
         for module in self.encoders[1:]:
             mu, logvar = self._layer(module, z[-1])
             z.append(elbo.reparameterize(mu, logvar))
-            log_qz = log_qz + elbo.gaussian_log_density(z[-1], mu, logvar)
+            log_qz = log_qz + elbo.gaussian_log_density(z[-1], *_cut(stl, mu, logvar))
         log_pz = self.prior.log_prob(z[-1], encode=self._encode_prior_inputs)
         for module, lower, upper in zip(self.decoders[1:], z[:-1], z[1:], strict=True):
             mu, logvar = self._layer(module, upper)

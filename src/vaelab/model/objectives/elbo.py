@@ -2,7 +2,11 @@
 
 loss = −E_x[E_q log p(x|z) − β·KL(q(z|x) ‖ p(z))]; the KL is closed form when the prior has
 one (N(0, I) on a one-layer model) and the one-sample Monte-Carlo estimate log q − log p
-otherwise (``analytic_kl=false`` forces Monte Carlo, which makes k = 1 IWAE identical).
+otherwise (``analytic_kl=false`` forces Monte Carlo, which makes k = 1 IWAE identical). A
+Monte-Carlo KL can be differentiated by "sticking the landing" (``stl=true``, Roeder et al.
+2017): the same values and an unbiased gradient, without the noise that every inactive latent
+dimension adds otherwise (see VAE.forward). It helps ReLU nets (the two-layer ReLU row) and
+stalls tanh ones (measured in experiment=mnist_vae_2layer_relu's comment), so it is off by default.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from vaelab.model.objectives.base import Objective, Terms, check_number
 
 
 class ELBO(Objective):
-    def __init__(self, beta: float = 1.0, warmup_steps: int = 0, analytic_kl: bool = True):
+    def __init__(self, beta: float = 1.0, warmup_steps: int = 0, analytic_kl: bool = True, stl: bool = False):
         self.beta = check_number("ELBO", "beta", beta)
         self.warmup_steps = check_number("ELBO", "warmup_steps", warmup_steps, whole=True)
         self.analytic_kl = bool(analytic_kl)
+        self.stl = bool(stl)
 
     def beta_at(self, step: int | None) -> float:
         """β, ramped linearly from 0 over ``warmup_steps`` (against posterior collapse); the full
@@ -29,7 +34,7 @@ class ELBO(Objective):
         return out.kl if self.analytic_kl and out.kl is not None else out.kl_mc
 
     def __call__(self, vae, x: Tensor, y: Tensor | None = None, step: int | None = 0) -> Terms:
-        out = vae(x, y)
+        out = vae(x, y, stl=self.stl)
         recon, kl = out.log_px.mean(dim=0), self.kl(out)
         beta = self.beta_at(step)
         scalars = {"beta": beta} if self.warmup_steps > 0 and step is not None else {}
