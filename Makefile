@@ -42,10 +42,12 @@ bench: install  ## time vaelab vs a bare loop and the classic DataLoader pipelin
 	$(BIN)/python benchmarks/bench_training.py $(ARGS)
 
 # The results table (docs/results.md): trains and evaluates every row not finished yet under
-# outputs/results, one run at a time, then writes the table (and its copy in README.md). Default budget: MNIST rows 100 epochs,
-# CelebA rows 30 epochs, test NLL with k = 5000 importance samples on the whole test split; on a
-# 2-core CPU that takes many hours (ARGS="--mnist-epochs 20 --n 1000": shorter; --table-only: rebuild
-# the table from the runs there; --help for the rest)
+# outputs/results, one run at a time, copies each evaluated run's metrics and config files to
+# docs/results/<row>/ (the records the table is written from), then writes the table (and its copy
+# in README.md). Default budget: MNIST rows 100 epochs, CelebA rows 30 epochs, test NLL with
+# k = 5000 importance samples on the whole test split; on a 2-core CPU that takes many hours
+# (ARGS="--mnist-epochs 20 --n 1000": shorter, and it does not replace records of larger budgets;
+# --table-only: record the runs there and rebuild the table; --help for the rest)
 results: install  ## the results table: make results ARGS="--only mnist_vae mnist_iwae"
 	$(BIN)/python -m vaelab.results --readme README.md $(ARGS)
 

@@ -398,6 +398,7 @@ def test_every_row_is_an_experiment_config_that_builds_its_model(name, compose_t
     words from the same config (the two-layer ReLU row: ReLU in both nets, the STL gradient)."""
     from omegaconf import OmegaConf
 
+    from vaelab.model.parts import build
     from vaelab.model.vae import VAE
 
     cfg = compose_train([f"experiment={results.experiment_of(name)}", "trainer.max_epochs=1"])
@@ -410,7 +411,48 @@ def test_every_row_is_an_experiment_config_that_builds_its_model(name, compose_t
     )
     described = results.describe_model(OmegaConf.to_container(cfg))
     assert f"{len(vae.latent_dims)} stochastic layer" in described
+    objective = build(OmegaConf.to_container(cfg.objective))
+    words = results.describe_objective(
+        OmegaConf.to_container(cfg.objective), results.closed_form_kl(OmegaConf.to_container(cfg))
+    )
+    assert getattr(objective, "stl", False) == name.endswith(("_stl", "_2layer_relu"))
+    assert ("STL gradient" in words) == name.endswith(("_stl", "_2layer_relu")), words
     if name == "mnist_vae_2layer_relu":
         assert "MLP 200-200 relu, 2 stochastic layers (100-50)" in described
-        assert model["top_net"]["activation"] == "relu" and cfg.objective.stl is True
-        assert "STL gradient" in results.describe_objective(OmegaConf.to_container(cfg.objective))
+        assert model["top_net"]["activation"] == "relu"
+    if name == "mnist_vae":  # a closed-form KL: no Monte-Carlo options to name
+        assert words == "ELBO"
+    if name == "mnist_vamp":
+        assert words == "ELBO, Monte-Carlo KL"
+
+
+def test_a_smaller_budget_does_not_replace_a_record_unless_asked(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "results.md"
+    fake_run(runs, "mnist_vae", 88.4, epochs=100, k=5000)
+    table(runs, tmp_path)
+    source = (tmp_path / "results" / "mnist_vae" / results.RECORD_SOURCE).read_bytes()
+    assert results.main(["--table-only", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    assert "mnist_vae: record up to date" in capsys.readouterr().out
+    assert (tmp_path / "results" / "mnist_vae" / results.RECORD_SOURCE).read_bytes() == source  # untouched
+
+    smoke = tmp_path / "smoke"
+    fake_run(smoke, "mnist_vae", 140.0, epochs=2, k=50)  # a quick try into the same table
+    assert results.main(["--table-only", "--runs-dir", str(smoke), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "mnist_vae: record kept (100 epochs, k = 5000, n = 1,000)" in said and "2 epochs, k = 50" in said
+    assert "88.40 (k = 5000)" in line_of(out.read_text(), "mnist_vae")
+    argv = ["--table-only", "--runs-dir", str(smoke), "--out", str(out), "--replace-larger-records"]
+    assert results.main(argv) == 0
+    assert "140.00 (k = 50)" in line_of(out.read_text(), "mnist_vae")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["mnist_vae"]  # no leftovers
+
+
+def test_the_records_folder_is_named_in_the_table_relative_to_the_checkout(tmp_path, capsys):
+    assert results._display(results.ROOT / "docs" / "results") == "docs/results"
+    assert results._display(tmp_path) == str(tmp_path)
+    with pytest.raises(SystemExit):
+        results.parse_args(["--out", str(tmp_path / "table")])
+    assert "has no suffix" in capsys.readouterr().err
+    records = tmp_path / "kept"
+    args = results.parse_args(["--out", str(tmp_path / "t.md"), "--records-dir", str(records)])
+    assert args.records_dir == records

@@ -186,7 +186,12 @@ class VAE(nn.Module):
         ELBO's gradient stays unbiased, but a latent dimension whose posterior matches its prior
         (an inactive unit) then adds no gradient noise to a Monte-Carlo KL, which otherwise grows
         with every such dimension (a two-layer model has 150 latent dimensions, most of them inactive).
+        It is for the ELBO (k = 1): with k > 1 the importance-weighted bound's gradient would be biased.
         """
+        if stl and k != 1:
+            raise ValueError(
+                f"stl=True is for the ELBO (k = 1), not k = {k}: the IWAE gradient would be biased"
+            )
         cond = self.condition(y, x.shape[0])
         mu1, logvar1 = _split(self.encoders[0](self._encoder_input(x, cond)))
         z = [elbo.reparameterize(mu1, logvar1, n_samples=k)]  # (k, B, D₁)
