@@ -520,8 +520,8 @@ def _nan_on_fourth_training_step(monkeypatch):
 
     forward, calls = VAE.forward, []
 
-    def forward_with_a_nan(self, x, y=None, k=1):
-        out = forward(self, x, y, k)
+    def forward_with_a_nan(self, x, y=None, k=1, **options):
+        out = forward(self, x, y, k, **options)
         calls.append(torch.is_grad_enabled())
         if sum(calls) == 4 and torch.is_grad_enabled():
             out.log_px = out.log_px * float("nan")  # log p(x|z): the recon term
