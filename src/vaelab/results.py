@@ -39,6 +39,8 @@ from pathlib import Path
 
 import yaml
 
+from vaelab.sweep_summary import read_json
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: src/vaelab/results.py -> .
 
 # rows of the tables, in order (each an experiment config in conf/experiment/)
@@ -582,7 +584,7 @@ def record_finished(runs_dir: Path, records_dir: Path, replace_larger: bool = Fa
 
 
 def _recorded_from(runs: list[Run]) -> str:
-    sources = [_json(run.path / RECORD_SOURCE) or {} for run in runs if run.done]
+    sources = [read_json(run.path / RECORD_SOURCE) for run in runs if run.done]
     folders = sorted({_display(Path(s["run"]).parent) for s in sources if isinstance(s.get("run"), str)})
     return ", ".join(f"`{f}`" for f in folders) or "no run folder: no row is recorded yet"
 
@@ -882,11 +884,10 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(name)
     command = shlex.join(["python", "-m", "vaelab.results", *argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    records = args.records_dir
-    said = record_finished(args.runs_dir, records, args.replace_larger_records)
-    print(f"records under {records}:", *(said or ["no evaluated run found"]), sep="\n  ", flush=True)
+    said = record_finished(args.runs_dir, args.records_dir, args.replace_larger_records)
+    print(f"records under {args.records_dir}:", *(said or ["no evaluated run found"]), sep="\n  ", flush=True)
     budget = "none (--table-only: see the runs' own budgets)" if args.table_only else _budget(args)
-    table = render(records, args.runs_dir, command, budget)
+    table = render(args.records_dir, args.runs_dir, command, budget)
     args.out.write_text(table)
     if args.readme is not None and args.readme.is_file():
         embed(args.readme, table, args.out)
