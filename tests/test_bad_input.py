@@ -621,7 +621,8 @@ def test_under_ddp_every_rank_stops_when_one_found_a_bad_step():
     votes = []
     host = _guard_host()
     host.trainer.strategy = SimpleNamespace(
-        reduce_boolean_decision=lambda found, all: votes.append(found) or True
+        reduce_boolean_decision=lambda found, all: votes.append(found) or True,
+        barrier=lambda name=None: votes.append("barrier"),
     )
     net = torch.nn.Linear(3, 1)
     opt = Adam(net.parameters(), lr=0.1)
@@ -633,13 +634,17 @@ def test_under_ddp_every_rank_stops_when_one_found_a_bad_step():
         check.raise_if_found(host)
     host.trainer.strategy.reduce_boolean_decision = lambda found, all: votes.append(found) or found
     check.raise_if_found(host)  # nobody found anything: the run goes on
-    assert votes == [False, False]
+    assert votes == [False, "barrier", False]  # the ranks that stop wait for each other's messages
 
 
 def test_a_rank_other_than_0_says_its_own_error_before_rank_0_can_stop_it(capsys):
     host = _guard_host()
     host.trainer.global_rank = 1
-    host.trainer.strategy = SimpleNamespace(reduce_boolean_decision=lambda found, all: found)
+    said_first = []  # what the rank had said on stderr when it reached the barrier
+    host.trainer.strategy = SimpleNamespace(
+        reduce_boolean_decision=lambda found, all: found,
+        barrier=lambda name=None: said_first.append(capsys.readouterr().err),
+    )
     check = DeferredCheck(rows=4, across_ranks=True)
     check.watch(torch.tensor(float("nan")), {"recon": torch.full((2,), float("nan")), "kl": torch.ones(2)})
     net = torch.nn.Linear(3, 1)
@@ -647,7 +652,8 @@ def test_a_rank_other_than_0_says_its_own_error_before_rank_0_can_stop_it(capsys
     check.before_optimizer_step(Adam(net.parameters(), lr=0.1), 3, host)
     with pytest.raises(NonFiniteLossError) as err:
         check.raise_if_found(host)
-    said = " ".join(capsys.readouterr().err.split())
+    assert len(said_first) == 1  # it said its message, then waited for rank 0 at the barrier
+    said = " ".join(said_first[0].split())
     assert said.startswith("vaelab error: The training loss became NaN at step 3: the recon term")
     assert err.value.reported  # exit_on_user_error will not print it a second time
     with pytest.raises(SystemExit) as stop, exit_on_user_error():

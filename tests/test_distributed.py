@@ -234,7 +234,9 @@ def _iwae_host(rank: int = 0, world: int = 1):
     trainer = SimpleNamespace(
         current_epoch=1, global_step=6, callbacks=[], global_rank=rank, world_size=world
     )
-    trainer.strategy = SimpleNamespace(reduce_boolean_decision=lambda found, all: found)
+    trainer.strategy = SimpleNamespace(
+        reduce_boolean_decision=lambda found, all: found, barrier=lambda name=None: None
+    )
     hparams = {"optimizer": {"lr": 1e-3}, "likelihood": {}, "objective": {"k": 5}}
     return SimpleNamespace(trainer=trainer, hparams=hparams)
 

@@ -104,8 +104,12 @@ class DeferredCheck:
                 f"the term); this rank stopped with it at step {module.trainer.global_step}."
             )
         if error is not None:
-            if self.across_ranks and module.trainer.global_rank != 0:
-                report_now(error)  # rank 0 stops the others at once, so say it before it can
+            if self.across_ranks:  # every rank is here: they agreed above
+                if module.trainer.global_rank != 0:
+                    report_now(error)  # rank 0 stops the others at once, so say it before it can
+                # and rank 0 waits until they have: on a loaded machine a rank can be descheduled
+                # between the vote and its message, and rank 0's exit would kill it unheard
+                module.trainer.strategy.barrier("vaelab-nan-guard-reported")
             raise error
 
     def _row_error(self, module, offset: int, row: list[float]) -> NonFiniteLossError | None:
