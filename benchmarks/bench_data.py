@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte")
 MNIST_FILES += ("t10k-labels-idx1-ubyte",)
 
 
 def data_dir_candidates() -> list[Path]:
-    """$VAELAB_DATA_DIR, then the project's shared data folder next to the repository."""
+    """$VAELAB_DATA_DIR (the folder the real-data tests read), when it is set."""
     env = os.environ.get("VAELAB_DATA_DIR")
-    return [Path(env)] if env else [ROOT.parent / "shared" / "data"]
+    return [Path(env)] if env else []
 
 
 def find_real(kind: str) -> Path | None:

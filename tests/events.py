@@ -31,6 +31,19 @@ def scalar_steps(log_dir: Path, tag: str) -> list[int]:
     return sorted(steps)
 
 
+def trial_name(tb_dir: Path) -> str:
+    """The name the HPARAMS view shows for the run's trial (its session group)."""
+    for f in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        try:
+            content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        except KeyError:  # the curves' event files: no HPARAMS data
+            continue
+        return plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.group_name
+    return ""
+
+
 def read_hparams(tb_dir: Path) -> tuple[list[tuple[str, bool]], dict, list[str]]:
     """([(name, differs)] in the experiment's order, the session's values, its metric tags)."""
     infos, values, metrics = [], {}, []

@@ -1,7 +1,8 @@
 """Test-only callbacks for DDP runs (imported by the training subprocess via PYTHONPATH).
 
-Each rank saves its RNG state right before each of its validation batches, so a test can
-replay that rank's exact reparameterisation noise and recompute val/loss on its own.
+Each rank saves its RNG state right before each of its validation batches, and the batch as the
+model gets it (dequantised), so a test can replay that rank's exact reparameterisation noise and
+recompute val/loss on its own.
 """
 
 from pathlib import Path
@@ -19,6 +20,7 @@ class ValRngProbe(L.Callback):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {"rng": torch.get_rng_state(), "n": len(batch[0]), "epoch": trainer.current_epoch}
+        state["x"] = batch[0].detach().cpu()
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}_batch{batch_idx}.pt")
 
 

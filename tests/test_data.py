@@ -207,23 +207,32 @@ def test_batches_become_floats_in_unit_range_and_binarised_on_request(tmp_path):
     assert not torch.equal(draws[0], draws[1])  # dynamic: a fresh binarisation every step
 
 
-def test_training_batches_are_dequantised_and_evaluation_batches_are_not(tmp_path):
+def test_every_batch_of_a_density_is_dequantised_and_seeded_noise_repeats(tmp_path):
+    """Training, validation and test batches alike: (k + u)/256, the data src/eval.py scores; the
+    module seeds validation's and test's noise (VAEModule.EVAL_SEED), so a seed repeats it."""
     root = write_mnist(tmp_path / "d", n_train=60, n_test=10)
     dm = _mnist(root, tmp_path, batch_size=8)
     dm.setup()
     images, labels = next(iter(dm.train_dataloader()))
-    torch.testing.assert_close(dm.on_after_batch_transfer((images, labels), 0)[0], images.float() / 255)
+    for training in (False, True):
 
-    class Training:  # what Lightning's trainer reports while fitting
-        training = True
+        class Trainer:  # what Lightning's trainer reports while fitting or evaluating
+            pass
 
-    dm.trainer = Training()
-    x = dm.on_after_batch_transfer((images, labels), 0)[0]
-    assert torch.equal((x * 256).floor(), images.float())  # each value inside its 8-bit bin
-    assert 0.4 < float((x * 256 - images.float()).mean()) < 0.6  # u ~ U[0, 1): mean 1/2
-    assert not torch.equal(x, dm.on_after_batch_transfer((images, labels), 0)[0])  # fresh noise
+        Trainer.training = training
+        dm.trainer = Trainer()
+        x = dm.on_after_batch_transfer((images, labels), 0)[0]
+        assert torch.equal((x * 256).floor(), images.float())  # each value inside its 8-bit bin
+        assert 0.4 < float((x * 256 - images.float()).mean()) < 0.6  # u ~ U[0, 1): mean 1/2
+        assert not torch.equal(x, dm.on_after_batch_transfer((images, labels), 0)[0])  # fresh noise
+        torch.manual_seed(3)
+        again = dm.on_after_batch_transfer((images, labels), 0)[0]
+        torch.manual_seed(3)
+        assert torch.equal(again, dm.on_after_batch_transfer((images, labels), 0)[0])
+    assert dm.scored_data() == "uniformly dequantised 8-bit data (k + u)/256, fixed noise seed"
     dm.dequantize = False
     torch.testing.assert_close(dm.on_after_batch_transfer((images, labels), 0)[0], images.float() / 255)
+    assert dm.scored_data() == "the 8-bit values k/255"
 
 
 # -- CelebA -----------------------------------------------------------------------

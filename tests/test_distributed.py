@@ -149,8 +149,10 @@ def _expected_val_loss(cfg, ckpt: Path, probes: Path, world: int = 2) -> tuple[f
     losses, kls = [], []
     for rank in range(world):
         probe = torch.load(probes / f"rank{rank}_batch0.pt", weights_only=False)
-        shard = to_unit_float(images[rank::world])  # the loader's rule: every world-th index
+        shard = images[rank::world]  # the loader's rule: every world-th index
         assert probe["n"] == len(shard)
+        assert torch.equal((probe["x"] * 256).floor(), shard.float())  # those images, dequantised
+        shard = probe["x"]
         torch.set_rng_state(probe["rng"])
         with torch.no_grad():
             terms = model.objective(model.vae, shard).terms  # the run's objective, as validation calls it

@@ -51,6 +51,7 @@ def _size(path):
 
 def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="vaelab.progress")  # no terminal here: log lines
+    caplog.set_level(logging.INFO, logger="vaelab.expost")
     m = _evaluate(mnist_run, tmp_path / "a", ["eval.k=20", "eval.batch_size=50", "eval.export_samples=7"])
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert saved == {**m, "seconds": saved["seconds"]}
@@ -62,7 +63,10 @@ def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path, 
     assert m["fid"] is None and m["fid_note"].startswith("skipped: set fid.weights_path")
     table = (tmp_path / "a" / "metrics.txt").read_text()
     assert "IWAE NLL, k = 20" in table and f"{m['neg_elbo']:.2f}" in table
-    figures = mnist_run / "figures"
+    figures = tmp_path / "a" / "figures"  # the evaluation's own folder: the run's stay as trained
+    assert (mnist_run / "figures" / "result.png").is_file() and not (
+        mnist_run / "figures" / "manifold.png"
+    ).exists()
     (width, height), mode = _size(figures / "result.png")  # enlarged twice, a label margin on the left
     samples = 6 + 2 * 30 + 2  # a gap and a band of two rows of 8: prior samples, then ex-post ones
     assert height == 2 * (4 * 30 + 2 + 2 * samples) and width > 2 * 242 and mode == "RGB"
@@ -94,23 +98,24 @@ def test_eval_writes_metrics_table_figures_and_tensorboard(mnist_run, tmp_path, 
     ]
     scoring = "log p(x), importance sampling with k=20: "
     quality = "sample quality: 40 images per set, mnist judge: "
-    expost = "ex-post prior: 50 Gaussians on the training codes: "
     assert progress == [
         f"{scoring}120 images ...",
         f"{scoring}50/120 images (42%), T elapsed, about T left",
         f"{scoring}100/120 images (83%), T elapsed, about T left",
         f"{scoring}120 images in T, T",
-        f"{expost}280 images ...",
-        f"{expost}280 images in T, T",
         f"{quality}4 sets ...",
         *[f"{quality}{i}/4 sets ({25 * i}%), T elapsed, about T left" for i in range(1, 4)],
         f"{quality}4 sets in T, T",
         "figures: 6 figures ...",
         *[f"figures: {i}/6 figures ({round(100 * i / 6)}%), T elapsed, about T left" for i in range(1, 6)],
         "figures: 6 figures in T, T",
-        "exporting samples to X: 7 images ...",
-        "exporting samples to X: 7 images in T, T",
+        "exporting expost samples to X: 7 images ...",
+        "exporting expost samples to X: 7 images in T, T",
     ]
+    # the ex-post prior training saved for these weights is read, not fitted again
+    saved = [r.getMessage() for r in caplog.records if r.name == "vaelab.expost"]
+    assert len(saved) == 1 and "50 Gaussians, full covariances, read from" in saved[0], saved
+    assert str(mnist_run / "expost") in saved[0] and "scored on uniformly dequantised" in table
 
 
 def test_the_run_supplies_the_data_overrides_win_and_the_seed_fixes_everything(mnist_run, tmp_path):
@@ -170,10 +175,10 @@ def test_celeba_checkpoint_gives_colour_64px_figures(tmp_path, celeba_root):
     m = _evaluate(run_dir, tmp_path / "eval", ["eval.k=4", "figures.n_images=8", "figures.n_samples=8"])
     assert m["n_examples"] == 8 and m["nll_iwae"] <= m["neg_elbo"]
     tile = 64 + 2
-    (width, height), mode = _size(run_dir / "figures" / "result.png")
+    (width, height), mode = _size(tmp_path / "eval" / "figures" / "result.png")
     samples = 6 + tile + 2  # a gap and one row of samples: the prior's, then the ex-post prior's
     assert height == 2 * (2 * tile + 2 + 2 * samples) and width > 2 * (8 * tile + 2) and mode == "RGB"
-    assert not (run_dir / "figures" / "manifold.png").exists()  # latent_dim 4: no 2-D manifold
+    assert not (tmp_path / "eval" / "figures" / "manifold.png").exists()  # latent_dim 4: no 2-D manifold
 
 
 def test_conditional_vamp_checkpoint_adds_samples_per_class_and_pseudo_inputs(tmp_path, mnist_root):
@@ -185,7 +190,7 @@ def test_conditional_vamp_checkpoint_adds_samples_per_class_and_pseudo_inputs(tm
         ["eval.k=4", "eval.n=30", "eval.quality=false", "eval.expost_components=0", "figures.per_row=6"],
     )
     assert m["n_examples"] == 30 and m["nll_iwae"] <= m["neg_elbo"]  # IWAE ≥ ELBO on the same samples
-    figures = run_dir / "figures"
+    figures = tmp_path / "eval" / "figures"
     (width, height), _ = _size(figures / "samples_per_class.png")
     assert height == 2 * (10 * 30 + 2) and width > 2 * (6 * 30 + 2)  # 10 digits × 6 codes, labelled
     assert _size(figures / "pseudo_inputs.png")[0] == (6 * 30 + 2, 4 * 30 + 2)  # 20 pseudo-inputs, 6 a row
@@ -246,3 +251,46 @@ def test_fid_shows_its_progress_through_inception(mnist_run, tmp_path, monkeypat
     assert lines[0] == "FID: images through Inception: 300 images ..."  # 100 real + 100 recons + 100 samples
     assert lines[1].startswith("FID: images through Inception: 100/300 images (33%), ")
     assert lines[-1].startswith("FID: images through Inception: 300 images in ")
+
+
+def test_eval_and_training_score_a_checkpoint_on_the_same_data_and_agree(tmp_path, mnist_root):
+    """One quantity, one number: training's test ELBO (every test image, one z each) and
+    src/eval.py's (k = 50) of the same checkpoint, both on dequantised data (k + u)/256, agree to
+    within Monte-Carlo noise (training's test once scored k/255: 12 nats off on real MNIST)."""
+    extra = ["dataset.val_size=40", "latent_dim=2", "trainer.limit_train_batches=20"]
+    extra += ["trainer.limit_test_batches=1.0", "dataset.eval_batch_size=60", "callbacks.sample_quality=null"]
+    run_dir = _train(tmp_path, mnist_root, extra)
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert trained["scored_data"].startswith("uniformly dequantised 8-bit data (k + u)/256")
+    best = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    overrides = [f"ckpt_path={best}", f"paths.output_dir={tmp_path / 'eval'}", "eval.k=50"]
+    overrides += ["eval.quality=false", "eval.expost_components=0"]
+    m = evaluate(compose_config(config_name="eval", overrides=overrides), overrides)
+    assert m["n_examples"] == 120 and m["scored_data"].startswith("uniformly dequantised 8-bit data")
+    assert m["neg_elbo"] == pytest.approx(-trained["test/elbo"], abs=3.0)  # 120 images: ±2 nats of noise
+
+
+def test_the_ex_post_prior_is_fitted_once_per_weights_and_settings_and_exports_choose_a_sampler(
+    mnist_run, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="vaelab.expost")
+    extra = ["eval.k=2", "eval.quality=false", "eval.expost_components=3", "eval.export_samples=4"]
+    first = _evaluate(mnist_run, tmp_path / "a", extra)
+    second = _evaluate(mnist_run, tmp_path / "b", extra)
+    said = [r.getMessage() for r in caplog.records if r.name == "vaelab.expost"]
+    assert "fitted to 280 training codes" in said[0] and "read from" in said[1] and len(said) == 2
+    assert len(list((mnist_run / "expost").glob("*-3full-seed0-codes10000.pt"))) == 1
+    assert first["expost_prior"] == second["expost_prior"] == "3 Gaussians, full covariances"
+    a, b = (sorted((tmp_path / d / "samples").glob("*.png")) for d in ("a", "b"))
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b] and len(a) == 4  # seeded
+    _evaluate(mnist_run, tmp_path / "c", [*extra, "eval.sampler=prior"])
+    prior = sorted((tmp_path / "c" / "samples").glob("*.png"))
+    assert [p.read_bytes() for p in prior] != [p.read_bytes() for p in a]  # another sampler's draws
+    _evaluate(mnist_run, tmp_path / "d", [*extra, "eval.expost_refit=true"])
+    assert "fitted to 280 training codes" in caplog.records[-1].getMessage()
+    with pytest.raises(UserError, match="eval.sampler=expost needs the ex-post prior.*eval.sampler=prior"):
+        _evaluate(
+            mnist_run,
+            tmp_path / "e",
+            ["eval.k=2", "eval.quality=false", "eval.expost_components=0", "eval.export_samples=2"],
+        )

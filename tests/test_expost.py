@@ -82,3 +82,26 @@ def test_more_components_than_points_or_a_tight_cluster_stay_finite(k):
     assert len(gm.weights) == min(k, 10)
     variances = gm.covariances.diagonal(dim1=1, dim2=2)
     assert torch.isfinite(gm.log_prob(z)).all() and (variances >= 1e-4).all()
+
+
+def test_full_covariances_cover_the_active_dims_and_the_inactive_ones_get_variances_only():
+    truth = GaussianMixture(
+        torch.tensor([0.5, 0.5], dtype=torch.float64),
+        torch.tensor([[-4.0, 0.0], [4.0, 1.0]], dtype=torch.float64),
+        torch.linalg.cholesky(TRUE_COVARIANCES),
+    )
+    g = torch.Generator().manual_seed(5)
+    active = truth.sample(4000, generator=g).double()
+    quiet = 0.01 * torch.randn(4000, 3, generator=g, dtype=torch.float64)  # variance 1e-4: inactive
+    z = torch.cat([active[:, :1], quiet[:, :2], active[:, 1:], quiet[:, 2:]], dim=1)  # dims 0, 3 active
+    gm = fit_mixture(z, 2, seed=0)
+    alone = fit_mixture(active, 2, seed=0)
+    keep = torch.tensor([0, 3])
+    torch.testing.assert_close(gm.means[:, keep], alone.means)
+    torch.testing.assert_close(gm.covariances[:, keep[:, None], keep], alone.covariances)
+    off_block = gm.covariances.clone()
+    off_block[:, keep[:, None], keep] = 0
+    assert torch.count_nonzero(off_block - torch.diag_embed(off_block.diagonal(dim1=1, dim2=2))) == 0
+    quiet_vars = gm.covariances.diagonal(dim1=1, dim2=2)[:, [1, 2, 4]]
+    torch.testing.assert_close(quiet_vars, torch.full_like(quiet_vars, 2e-4), atol=3e-5, rtol=0)
+    assert torch.isfinite(gm.log_prob(z)).all() and gm.sample(5).shape == (5, 5)

@@ -366,14 +366,15 @@ def test_a_row_keeps_its_numbers_from_its_record_when_its_run_folder_is_gone(tmp
         assert (record / name).read_bytes() == (run / name).read_bytes(), name
     assert (record / ".hydra" / "resume-1" / "overrides.yaml").is_file()
     assert not (record / "checkpoints").exists()  # the record keeps what the table reads, no weights
-    assert json.loads((record / results.RECORD_SOURCE).read_text())["run"] == str(run)
+    assert json.loads((record / results.RECORD_SOURCE).read_text())["run"] == "<runs-dir>/mnist_vae"
     assert not (tmp_path / "results" / "mnist_iwae").exists()  # not evaluated: nothing to record
 
     shutil.rmtree(runs)
     second = table(runs, tmp_path)
     assert line_of(second, "mnist_vae") == line_of(first, "mnist_vae")
     assert "88.43 (k = 5000)" in line_of(second, "mnist_vae") and "(since last resume)" in second
-    assert f"under `{runs}`" in second and "results/<row>/" in second
+    assert "under `<runs-dir>`, outside the repository" in second and "`<records-dir>/<row>/`" in second
+    assert str(tmp_path) not in first + second
     assert "trained 20 epochs, not evaluated" in line_of(first, "mnist_iwae")
     assert results.NOT_RUN in line_of(second, "mnist_iwae")
 
@@ -449,10 +450,155 @@ def test_a_smaller_budget_does_not_replace_a_record_unless_asked(tmp_path, capsy
 
 def test_the_records_folder_is_named_in_the_table_relative_to_the_checkout(tmp_path, capsys):
     assert results._display(results.ROOT / "docs" / "results") == "docs/results"
-    assert results._display(tmp_path) == str(tmp_path)
+    assert results._display(tmp_path) == results.OUTSIDE_MARK  # never a machine's absolute path
+    assert results._display(tmp_path, "<runs-dir>") == "<runs-dir>"
     with pytest.raises(SystemExit):
         results.parse_args(["--out", str(tmp_path / "table")])
     assert "has no suffix" in capsys.readouterr().err
     records = tmp_path / "kept"
     args = results.parse_args(["--out", str(tmp_path / "t.md"), "--records-dir", str(records)])
     assert args.records_dir == records
+
+
+# -- portable records: no machine's absolute path in a committed file ------------------------------
+def test_portable_path_names_a_path_by_the_deepest_folder_holding_it(tmp_path):
+    run = tmp_path / "runs" / "mnist_vae"
+    bases = results.portable_bases(run)
+    bases.append((results.PurePosixPath("/data/sets"), results.DATA_DIR_MARK))
+    portable = lambda p: results.portable_path(str(p), bases)  # noqa: E731
+    assert portable(run / "checkpoints" / "last.ckpt") == "checkpoints/last.ckpt"  # the run's own
+    assert portable(run / "figures") == "figures"
+    assert portable(run) == "."
+    assert portable(run / "figures" / ".." / "eval") == "eval"
+    assert portable(tmp_path / "runs" / "mnist_iwae" / "x.ckpt") == "<runs-dir>/mnist_iwae/x.ckpt"
+    assert portable("/data/sets/celeba_sample") == "<data-dir>/celeba_sample"
+    assert portable("/data/sets") == "<data-dir>"
+    assert portable(results.ROOT / "conf" / "train.yaml") == "<repo>/conf/train.yaml"
+    assert portable("/home/someone/elsewhere/file") == "<outside>"
+    assert portable("/data/setsx") == "<outside>"  # a prefix of a name is not a folder holding it
+
+
+def test_portable_text_rewrites_the_paths_and_keeps_every_other_byte(tmp_path):
+    run = tmp_path / "runs" / "mnist_vae"
+    bases = results.portable_bases(run) + [(results.PurePosixPath("/srv/data"), results.DATA_DIR_MARK)]
+    fields = {
+        "checkpoint": f"{run}/checkpoints/last.ckpt",
+        "figures_dir": f"{run}/figures",
+        "nll_iwae": 90.11826298389842,
+        "note": "NLL/(D ln 2), see https://x.org/a/b",
+    }
+    metrics = json.dumps(fields, indent=2) + "\n"
+    portable = results.portable_text(metrics, bases)
+    assert json.loads(portable) == {
+        **json.loads(metrics),
+        "checkpoint": "checkpoints/last.ckpt",
+        "figures_dir": "figures",
+    }
+    assert "90.11826298389842" in portable and "https://x.org/a/b" in portable
+    config = (
+        f"ckpt_path: {run}/checkpoints/last.ckpt\nlatent_dim: 50\npaths:\n  data_dir: /srv/data\n"
+        "  cache_dir: ${oc.env:XDG_CACHE_HOME,${oc.env:HOME,/tmp}/.cache}/vaelab\n"
+        "  log_dir: ${paths.root_dir}/outputs\n  other: /opt/elsewhere/x\n"
+    )
+    loaded = yaml.safe_load(results.portable_text(config, bases))
+    assert loaded["ckpt_path"] == "checkpoints/last.ckpt" and loaded["latent_dim"] == 50
+    assert loaded["paths"]["data_dir"] == "<data-dir>" and loaded["paths"]["other"] == "<outside>"
+    # an interpolation's default and a relative path are no machine's folders: left alone
+    assert loaded["paths"]["cache_dir"] == "${oc.env:XDG_CACHE_HOME,${oc.env:HOME,/tmp}/.cache}/vaelab"
+    assert loaded["paths"]["log_dir"] == "${paths.root_dir}/outputs"
+    overrides = f"- paths.data_dir=/srv/data\n- ckpt_path={run}/checkpoints/last.ckpt\n"
+    assert results.portable_text(overrides, bases) == (
+        "- paths.data_dir=<data-dir>\n- ckpt_path=checkpoints/last.ckpt\n"
+    )
+
+
+def _with_machine_paths(run: Path, data: Path) -> None:
+    """What the real scripts also write into a run: absolute paths of the machine."""
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics.update(checkpoint=str(run / "checkpoints" / "last.ckpt"), figures_dir=str(run / "figures"))
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for config in (run / ".hydra" / "config.yaml", run / "eval" / ".hydra" / "config.yaml"):
+        cfg = yaml.safe_load(config.read_text())
+        cfg["paths"] = {"data_dir": str(data), "cache_dir": "${oc.env:HOME,/tmp}/.cache"}
+        config.write_text(yaml.safe_dump(cfg))
+    (run / ".hydra" / "resume-1").mkdir()
+    overrides = f"- paths.data_dir={data}\n- ckpt_path={run / 'checkpoints' / 'last.ckpt'}\n"
+    (run / ".hydra" / "resume-1" / "overrides.yaml").write_text(overrides)
+
+
+def test_a_record_names_no_absolute_path_and_keeps_the_numbers(tmp_path, capsys):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    run = fake_run(runs, "mnist_vae", 88.4321)
+    _with_machine_paths(run, data)
+    md = table(runs, tmp_path)
+    record = tmp_path / "results" / "mnist_vae"
+    for rel in results.record_files(record):
+        text = (record / rel).read_text()
+        assert str(tmp_path) not in text, (rel, text)
+    ev = json.loads((record / "eval" / "metrics.json").read_text())
+    assert ev == {
+        **json.loads((run / "eval" / "metrics.json").read_text()),
+        "checkpoint": "checkpoints/last.ckpt",
+        "figures_dir": "figures",
+    }
+    cfg = yaml.safe_load((record / ".hydra" / "config.yaml").read_text())
+    assert cfg["paths"] == {"data_dir": "<data-dir>", "cache_dir": "${oc.env:HOME,/tmp}/.cache"}
+    resume = (record / ".hydra" / "resume-1" / "overrides.yaml").read_text()
+    assert resume == "- paths.data_dir=<data-dir>\n- ckpt_path=checkpoints/last.ckpt\n"
+    assert (record / "metrics.json").read_bytes() == (run / "metrics.json").read_bytes()  # no path in it
+    assert str(tmp_path) not in md and "88.43 (k = 5000)" in line_of(md, "mnist_vae")
+    capsys.readouterr()
+    table(runs, tmp_path)  # the run's files, made portable, are the record's: nothing to copy again
+    assert "mnist_vae: record up to date" in capsys.readouterr().out
+
+
+def test_make_portable_rewrites_a_record_of_an_older_version_in_place(tmp_path):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    run = fake_run(runs, "mnist_vae", 88.4321)
+    _with_machine_paths(run, data)
+    record = tmp_path / "results" / "mnist_vae"  # as records were: the run's files unchanged
+    for rel in results.record_files(run):
+        (record / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / rel, record / rel)
+    source = {"run": str(run), "recorded": "2026-12-01T01:47:47+00:00"}
+    (record / results.RECORD_SOURCE).write_text(json.dumps(source, indent=1) + "\n")
+    shutil.rmtree(runs)
+    before = line_of(table(runs, tmp_path), "mnist_vae")
+
+    results.make_portable(record, run)
+    assert json.loads((record / results.RECORD_SOURCE).read_text()) == {
+        "run": "<runs-dir>/mnist_vae",
+        "recorded": "2026-12-01T01:47:47+00:00",
+    }
+    for rel in [*results.record_files(record), Path(results.RECORD_SOURCE)]:
+        assert str(tmp_path) not in (record / rel).read_text(), rel
+    assert json.loads((record / "eval" / "metrics.json").read_text())["checkpoint"] == "checkpoints/last.ckpt"
+    after = table(runs, tmp_path)
+    assert line_of(after, "mnist_vae") == before and "under `<runs-dir>`, outside the repository" in after
+
+
+def test_the_command_in_the_table_names_no_absolute_path(tmp_path):
+    argv = [
+        "--table-only",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--out",
+        str(results.ROOT / "docs" / "r.md"),
+    ]
+    argv += [f"--data-dir={tmp_path}", "--records-dir", str(tmp_path / "kept"), "--only", "mnist_vae"]
+    assert results.portable_argv(argv) == [
+        "--table-only",
+        "--runs-dir",
+        "<runs-dir>",
+        "--out",
+        "docs/r.md",
+        "--data-dir=<data-dir>",
+        "--records-dir",
+        "<records-dir>",
+        "--only",
+        "mnist_vae",
+    ]
+    assert results.portable_argv(["--runs", str(tmp_path)]) == ["--runs", "<outside>"]  # abbreviated
+    runs = tmp_path / "runs"
+    fake_run(runs, "mnist_vae", 88.4)
+    assert "--runs-dir '<runs-dir>'" in table(runs, tmp_path) and str(tmp_path) not in table(runs, tmp_path)

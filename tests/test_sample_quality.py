@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -94,6 +95,76 @@ def test_the_judge_is_trained_once_and_then_loaded_from_the_cache(tmp_path, monk
     assert len(calls) == 2
 
 
+def test_a_binarised_run_uses_the_grey_runs_judge(tmp_path, monkeypatch):
+    grey, _ = _digits(tmp_path)
+    binary = MNISTDataModule(root=grey.root, cache_dir=grey.cache_dir, val_size=100, binarize=True)
+    calls = []
+    real_train = judges.train_judge
+    monkeypatch.setattr(judges, "train_judge", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    first, grey_acc = load_or_train_judge(grey, seed=0, epochs=1)
+    second, binary_acc = load_or_train_judge(binary, seed=0, epochs=1)
+    assert len(calls) == 1  # one cache entry: the binarised run found the grey run's judge
+    assert len(list((tmp_path / "c").glob("judge-mnist-*.pt"))) == 1
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(first(x), second(x))
+    assert 0 < grey_acc <= 1 and 0 < binary_acc <= 1  # each on the test images as its run sees them
+
+
+def test_training_a_judge_leaves_the_runs_random_stream_alone(tmp_path):
+    _, splits = _digits(tmp_path)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, acc1 = train_judge(splits, seed=0, epochs=1)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn from it: safe beside a run
+    second, acc2 = train_judge(splits, seed=0, epochs=1)
+    x = torch.rand(4, 1, 28, 28)
+    assert acc1 == acc2 and torch.equal(first(x), second(x))  # its own seed decides it
+
+
+class _Trainer:
+    """What SampleQuality reads of a trainer, as on rank 0 of a DDP run."""
+
+    def __init__(self, datamodule, world_size: int, epoch: int = 0, max_epochs: int = 3):
+        self.datamodule, self.world_size, self.is_global_zero = datamodule, world_size, True
+        self.current_epoch, self.max_epochs, self.max_steps, self.global_step = epoch, max_epochs, -1, 0
+        self.should_stop = self.sanity_checking = False
+
+
+def test_under_ddp_rank_0_gets_the_judge_in_the_background_and_waits_only_at_the_last_epoch(
+    tmp_path, monkeypatch
+):
+    from vaelab import callbacks
+
+    dm, _ = _digits(tmp_path)
+    release = threading.Event()
+    real_load = callbacks.load_or_train_judge
+
+    def slow_load(*args, **kwargs):
+        release.wait(timeout=60)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "load_or_train_judge", slow_load)
+    quality = callbacks.SampleQuality(judge_epochs=1)
+    quality.on_fit_start(_Trainer(dm, world_size=2), None)  # returns at once: nothing to wait for
+    assert quality.judge is None and quality._background.is_alive()
+    quality.on_validation_epoch_end(_Trainer(dm, world_size=2, epoch=0), None)  # not ready: skipped
+    assert quality.judge is None and quality.waited_seconds == 0
+    threading.Timer(0.2, release.set).start()
+    quality._wait_if_last(_Trainer(dm, world_size=2, epoch=2))  # the last epoch waits for it
+    assert quality.judge is not None and not quality._background.is_alive()
+    assert quality.waited_seconds > 0.1 and quality.judge_seconds > 0.1  # the 0.2 s it was held back
+
+
+def test_a_single_process_run_gets_the_judge_before_training_and_counts_its_time(tmp_path):
+    from vaelab.callbacks import SampleQuality
+
+    dm, _ = _digits(tmp_path)
+    quality = SampleQuality(judge_epochs=1)
+    quality.on_fit_start(_Trainer(dm, world_size=1), None)
+    assert quality.judge is not None and quality._background is None
+    assert quality.waited_seconds >= quality.judge_seconds > 0
+
+
 def test_a_training_run_logs_sample_quality_at_each_validation_epoch(tmp_path):
     from conftest import compose_config, tiny_overrides
     from events import read_events
@@ -103,13 +174,15 @@ def test_a_training_run_logs_sample_quality_at_each_validation_epoch(tmp_path):
     root = write_mnist(tmp_path / "data", n_train=400, n_test=100)
     over = tiny_overrides(root, tmp_path / "run", tmp_path / "cache")
     over += ["dataset.val_size=100", "trainer.max_epochs=2", "test=false", "callbacks.sample_quality.n=50"]
-    run(compose_config([o for o in over if o != "trainer.max_epochs=1"]))
+    metrics = run(compose_config([o for o in over if o != "trainer.max_epochs=1"]))
     scalars, _ = read_events(tmp_path / "run" / "tensorboard")
     names = {"fd", "precision", "recall", "confident", "class_entropy"}
-    assert {t for t in scalars if t.startswith("quality/")} == {f"quality/samples/{n}" for n in names}
-    assert len(scalars["quality/samples/fd"]) == 2  # one point per validation epoch
-    assert all(0 <= v <= 1 for v in scalars["quality/samples/confident"])
+    # after train/ and val/ in TensorBoard's alphabetical list of groups
+    assert {t for t in scalars if "quality" in t} == {f"val_quality/samples/{n}" for n in names}
+    assert len(scalars["val_quality/samples/fd"]) == 2  # one point per validation epoch
+    assert all(0 <= v <= 1 for v in scalars["val_quality/samples/confident"])
     assert list((tmp_path / "cache").glob("judge-mnist-*.pt"))
+    assert metrics["judge_seconds"] > 0 and metrics["fit_seconds"] > 0  # the judge's time, apart
 
 
 def test_a_conditional_vae_reconstructs_the_held_out_images_with_their_labels():

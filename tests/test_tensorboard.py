@@ -7,12 +7,12 @@ import os
 
 import pytest
 from conftest import tiny_overrides
-from events import read_events, read_hparams, scalar_steps
+from events import read_events, read_hparams, scalar_steps, trial_name
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from vaelab import swept
-from vaelab.hparams import KEY_HPARAMS, hyperparameters, metric_tags, write_hparams
+from vaelab.hparams import KEY_HPARAMS, hyperparameters, metric_tags, one_point_columns, write_hparams
 from vaelab.train import run
 
 
@@ -30,14 +30,19 @@ def test_train_curves_keep_first_step_every_nth_and_each_epochs_last(tmp_path, m
     assert scalars["train/loss"][-1] == pytest.approx(metrics["train/loss"], rel=1e-6)
     # final metrics are the curves' last points, not single-dot charts of their own
     assert not [tag for tag in scalars if tag.startswith("final/")]
-    assert len(scalars["val/elbo"]) == 2 and len(scalars["test/elbo"]) == 1
+    assert len(scalars["val/elbo"]) == 2
+    # the dashboard opens on train/ and val/: no epoch staircase, no one-point test charts
+    assert "epoch" not in scalars and not [tag for tag in scalars if tag.startswith("test/")]
     infos, values, metric_names = read_hparams(tb)
-    assert metric_names[:2] == ["val/elbo", "test/elbo"] and "val/loss" in metric_names
-    assert not [m for m in metric_names if m.startswith("train/")]
-    assert [name for name, _ in infos] == list(hyperparameters(compose_train(over), {}))
+    assert metric_names[0] == "val/elbo" and "val/loss" in metric_names
+    assert not [m for m in metric_names if not m.startswith("val/")]
+    test_columns = ["test/elbo", "test/kl", "test/loss", "test/recon"]
+    assert [name for name, _ in infos] == [*hyperparameters(compose_train(over), {}), *test_columns]
     assert not any(differs for _, differs in infos)  # a single run: nothing swept
     assert values["latent_dim"] == 32 and values["dataset"] == "mnist" and values["max_epochs"] == 2
-    assert len(values) == len(KEY_HPARAMS)  # the short list, not every config leaf
+    assert len(values) == len(KEY_HPARAMS) + 4  # the short list and the test values, not every leaf
+    assert values["test/elbo"] == pytest.approx(metrics["test/elbo"], rel=1e-6)
+    assert trial_name(tb) == f"run ({tmp_path.name})"  # the run's own folder name first
 
 
 def test_hparams_lead_with_the_swept_keys_and_add_no_scalar(tmp_path, compose_train):
@@ -46,10 +51,13 @@ def test_hparams_lead_with_the_swept_keys_and_add_no_scalar(tmp_path, compose_tr
     assert list(params)[:3] == ["optimizer.lr", "net", "latent_dim"]
     assert params["optimizer.lr"] == 0.01 and params["net"] == "conv" and params["latent_dim"] == 2
     assert "lr" not in params  # named by its swept key already
-    tags = metric_tags(
-        {"val/loss": 1.0, "test/elbo": -2.0, "val/elbo": -1.0, "train/loss": 3.0, "val/kl": None}
-    )
-    assert tags == ["val/elbo", "test/elbo", "val/loss"]
+    final = {"val/loss": 1.0, "test/elbo": -2.0, "val/elbo": -1.0, "train/loss": 3.0, "val/kl": None}
+    tags = metric_tags(final)
+    assert tags == ["val/elbo", "val/loss"]
+    assert one_point_columns({**final, "test/kl": 0.5, "test/recon": None}) == {
+        "test/elbo": -2.0,
+        "test/kl": 0.5,
+    }
     write_hparams(str(tmp_path), params, {"optimizer.lr", "net", "latent_dim"}, tags)
     infos, values, metric_names = read_hparams(tmp_path)
     assert infos[:4] == [("optimizer.lr", True), ("net", True), ("latent_dim", True), ("likelihood", False)]

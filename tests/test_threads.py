@@ -1,6 +1,7 @@
 """The thread policy: the decision on fake /proc numbers, who wins, and the wiring into a run."""
 
 import logging
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -214,3 +215,19 @@ def test_omp_num_threads_set_after_the_config_is_not_the_users(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     policy.setup(SimpleNamespace(num_devices=1, is_global_zero=True), None, "fit")
     assert torch.get_num_threads() == 2 and policy.last is not None
+
+
+def test_the_thread_policy_applies_from_python_too(capsys):
+    import vaelab
+
+    before = torch.get_num_threads()
+    try:
+        message = vaelab.use_thread_policy(1)
+        assert torch.get_num_threads() == 1 and message.startswith("torch threads: 1")
+        assert capsys.readouterr().out == message + "\n"  # a notebook shows what it chose
+    finally:
+        torch.set_num_threads(before)
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    probe = "import os, vaelab, torch; print(os.environ.get('GOMP_SPINCOUNT'))"  # vaelab before torch
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "10000"

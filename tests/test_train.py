@@ -1,6 +1,7 @@
 """Training runs through the real Hydra config, in-process (fast) on tiny data."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ SCALARS = {
     "val/recon",
     "val/kl",
 }
-GRIDS = {"images/reconstructions", "images/samples", "images/interpolations"}
+GRIDS = {"images/reconstructions", "images/samples", "images/samples_expost", "images/interpolations"}
 
 
 def _overrides(tmp_path, data_root, out="run"):
@@ -51,6 +52,13 @@ def test_mnist_two_steps_writes_checkpoint_metrics_and_tensorboard(tmp_path, mni
         8 * 30 + 2,
         2 * 30 + 2,
     )  # 8 originals + 8 recons, 28px + 2px pad
+    expost = images["images/samples_expost"][-1]  # a cheap ex-post fit's draws beside N(0, I)'s
+    assert (expost.width, expost.height) == (8 * 30 + 2, 30 + 2)
+    # the result picture's ex-post prior is kept with the run, named by its weights and settings
+    (saved,) = (out / "expost").glob("*.pt")
+    assert re.fullmatch(r"[0-9a-f]{16}-50full-seed0-codes10000\.pt", saved.name)
+    mixture = torch.load(saved, weights_only=True)
+    assert mixture["means"].shape == (50, 32) and mixture["codes"] == 280  # every training image
 
 
 def test_celeba_conv_logs_64px_colour_grids_and_latent_dim(tmp_path, celeba_root, compose_train):
@@ -131,3 +139,14 @@ def test_learned_sigma_is_logged_and_trained(tmp_path, mnist_root, compose_train
     run(cfg)
     scalars, _ = read_events(tmp_path / "run" / "tensorboard")
     assert len(scalars["train/sigma"]) == 2 and scalars["train/sigma"][-1] != pytest.approx(0.1, abs=1e-7)
+
+
+@pytest.mark.parametrize("debug", ["fast", "overfit"])
+def test_debug_configs_turn_the_extras_off(compose_train, debug):
+    cfg = compose_train([f"debug={debug}"])
+    assert cfg.callbacks.sample_quality is None  # no judge to train, no per-epoch numbers
+    assert (
+        cfg.callbacks.image_grids.expost_components == 0
+        and cfg.callbacks.result_figure.expost_components == 0
+    )
+    assert cfg.callbacks.image_grids.every_n_epochs == 1  # the cheap grids stay: a check looks at them

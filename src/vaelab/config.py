@@ -20,7 +20,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from vaelab.data.base import SPLITS
 from vaelab.errors import UserError, renamed
-from vaelab.expost import COVARIANCES
+from vaelab.expost import COVARIANCES, SAMPLERS
 from vaelab.model.parts import accepted_keys
 
 
@@ -144,7 +144,7 @@ RULES: tuple[Rule, ...] = (
     ),
     int_list("net.channels", "[32,64,128,256]"),
     # -- dataset ------------------------------------------------------------------
-    text("dataset.root", "../shared/data"),
+    text("dataset.root", "/path/to/data"),
     text("dataset.cache_dir", "~/.cache/vaelab"),
     positive_int("dataset.batch_size", "128"),
     positive_int("dataset.eval_batch_size", "500"),
@@ -238,9 +238,12 @@ RULES: tuple[Rule, ...] = (
     number("callbacks.result_figure.sample_temperature", "1.0"),
     whole("callbacks.result_figure.expost_components", 0, "50"),
     one_of("callbacks.result_figure.expost_covariance", COVARIANCES),
+    positive_int("callbacks.result_figure.expost_codes", "10000"),
+    whole("callbacks.image_grids.expost_components", 0, "10"),
+    positive_int("callbacks.image_grids.expost_codes", "2000"),
     # -- evaluation (conf/eval.yaml; absent from training configs, so skipped there) ---
     one_of("eval.split", SPLITS),
-    positive_int("eval.k", "500"),
+    positive_int("eval.k", "100"),
     whole("eval.n", 1, "1000", nullable=True),
     positive_int("eval.batch_size", "100"),
     positive_int("eval.max_decodes", "2000"),
@@ -252,13 +255,16 @@ RULES: tuple[Rule, ...] = (
     whole("eval.export_samples", 0, "10000"),
     whole("eval.expost_components", 0, "10"),
     one_of("eval.expost_covariance", COVARIANCES),
+    positive_int("eval.expost_codes", "10000"),
+    boolean("eval.expost_refit", "false"),
+    one_of("eval.sampler", SAMPLERS),
     number("figures.sample_temperature", "1.0"),
     number("figures.traversal_quantile", "0.05", include_low=True, high=0.49),
     positive_int("figures.n_images", "16"),
     positive_int("figures.n_samples", "16"),
     positive_int("figures.per_row", "8"),
     # -- paths --------------------------------------------------------------------
-    text("paths.data_dir", "../shared/data"),
+    text("paths.data_dir", "/path/to/data"),
     text("paths.cache_dir", "~/.cache/vaelab"),
     text("paths.log_dir", "outputs"),
 )

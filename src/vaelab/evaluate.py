@@ -26,7 +26,7 @@ from vaelab import checkpoints
 from vaelab.config import config_tree, validate
 from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
-from vaelab.expost import GaussianMixture, fit_to_training_codes
+from vaelab.expost import ExpostSettings, GaussianMixture, fit_and_save, sample_images, saved_mixture
 from vaelab.figures import (
     FigureSettings,
     attribute_names,
@@ -166,25 +166,27 @@ def _fid(vae, images, fid_cfg: DictConfig, batch_size: int, labels=None) -> dict
 
 @torch.no_grad()
 def _expost_prior(cfg: DictConfig, vae, datamodule) -> GaussianMixture | None:
-    """The ex-post prior (:mod:`vaelab.expost`): ``eval.expost_components`` Gaussians fitted to
-    the training set's posterior means; None when that is 0."""
-    k = cfg.eval.expost_components
-    if not k:
+    """The ex-post prior (:mod:`vaelab.expost`): ``eval.expost_components`` Gaussians on the
+    training set's posterior means, as the run saved it for these weights (fitted and saved
+    when it has none, or with ``eval.expost_refit``); None when ``eval.expost_components`` is 0."""
+    ev = cfg.eval
+    if not ev.expost_components:
         return None
-    n = len(datamodule.splits["train"]["images"])  # loaded by _load_split
-    with Progress(n, f"ex-post prior: {k} Gaussians on the training codes", "images") as bar:
-        return fit_to_training_codes(
-            vae, datamodule, k, cfg.eval.seed, cfg.eval.expost_covariance, progress=bar.update
-        )
+    settings = ExpostSettings(ev.expost_components, ev.expost_covariance, ev.seed, ev.expost_codes)
+    saved = None if ev.expost_refit else saved_mixture(cfg.run_dir, vae, settings)
+    if saved is not None:
+        return saved
+    n = min(settings.max_codes, len(datamodule.splits["train"]["images"]))
+    with Progress(
+        n, f"ex-post prior: {settings.components} Gaussians, encoding training codes", "codes"
+    ) as bar:
+        return fit_and_save(vae, datamodule, settings, cfg.run_dir, bar.update)
 
 
-def _expost_sampler(vae, mixture: GaussianMixture, seed: int):
-    """Images decoded from ex-post prior draws, n at a time, from a seeded stream."""
+def _sampler(vae, mixture: GaussianMixture | None, temperature: float, seed: int):
+    """n → n images of the prior (``mixture`` None) or the ex-post prior, from a seeded stream."""
     generator = torch.Generator().manual_seed(seed)
-    device = next(vae.parameters()).device
-    return lambda n: vae.generate(
-        mixture.sample(n, generator).to(device), stochastic=True, generator=generator
-    )
+    return lambda n: sample_images(vae, n, mixture, temperature, generator)
 
 
 def _quality(cfg: DictConfig, vae, datamodule, split: str, expost: GaussianMixture | None) -> dict:
@@ -207,7 +209,7 @@ def _quality(cfg: DictConfig, vae, datamodule, split: str, expost: GaussianMixtu
         return {}
     held_out_labels = datamodule.splits[other]["labels"] if vae.n_conditions else None
     torch.manual_seed(ev.seed)
-    samplers = {} if expost is None else {"expost": _expost_sampler(vae, expost, ev.seed)}
+    samplers = {} if expost is None else {"expost": _sampler(vae, expost, 1.0, ev.seed)}
     sets = 3 + len(samplers)
     with Progress(sets, f"sample quality: {n} images per set, {datamodule.name} judge", "sets") as bar:
         scores = sample_quality(
@@ -224,17 +226,23 @@ def _quality(cfg: DictConfig, vae, datamodule, split: str, expost: GaussianMixtu
     return {**scores, "quality_n": n, "judge_accuracy": round(accuracy, 4)}
 
 
-def _export_samples(cfg: DictConfig, vae) -> None:
-    """``eval.export_samples`` prior samples as PNG files in <eval dir>/samples/."""
-    n = cfg.eval.export_samples
+def _export_samples(cfg: DictConfig, vae, expost: GaussianMixture | None) -> None:
+    """``eval.export_samples`` samples of ``eval.sampler`` (the prior, or the ex-post prior the
+    README's pictures show) at figures.sample_temperature, as PNG files in <eval dir>/samples/."""
+    n, which = cfg.eval.export_samples, cfg.eval.sampler
     if not n:
         return
+    if which == "expost" and expost is None:
+        raise UserError(
+            "eval.sampler=expost needs the ex-post prior, but eval.expost_components=0: set "
+            "eval.expost_components (e.g. 50) or export the prior's samples with eval.sampler=prior."
+        )
     out = Path(cfg.paths.output_dir) / "samples"
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.eval.seed)
-    with Progress(n, f"exporting samples to {out}", "images") as bar:
+    draw = _sampler(vae, expost if which == "expost" else None, cfg.figures.sample_temperature, cfg.eval.seed)
+    with Progress(n, f"exporting {which} samples to {out}", "images") as bar:
         for start in range(0, n, 500):
-            images = vae.sample(min(500, n - start), temperature=cfg.figures.sample_temperature)
+            images = draw(min(500, n - start))
             for i, image in enumerate(images, start):
                 save_image(image, out / f"{i:06d}.png")
             bar.update(len(images))
@@ -262,7 +270,8 @@ def format_table(m: dict) -> str:
         return "n/a" if v is None else fmt.format(v)
 
     rows = [
-        f"{m['split']} split of {m['checkpoint']} (step {m['global_step']}): {m['n_examples']} images",
+        f"{m['split']} split of {m['checkpoint']} (step {m['global_step']}): {m['n_examples']} images, "
+        f"scored on {m['scored_data']}",
         f"  negative ELBO          {num(m['neg_elbo']):>10} nats  "
         f"(E_q[log p(x|z)] {num(m['recon'])}, KL {num(m['kl'])})",
         f"  IWAE NLL, k = {m['k']:<8} {num(m['nll_iwae']):>10} nats  "
@@ -303,6 +312,7 @@ def _numbers(cfg: DictConfig, vae, split: dict) -> tuple[dict, object]:
         _fid(vae, images, cfg.fid, ev.batch_size, labels),
         active_threshold=ev.active_threshold,
         bits_per_dim_formula=data.note,
+        scored_data=data.scored(ev.seed),
     )
     return metrics, mu
 
@@ -355,7 +365,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     if expost is not None:  # what quality/expost/* and the ex-post rows of the figures drew from
         metrics["expost_prior"] = f"{len(expost.weights)} Gaussians, {cfg.eval.expost_covariance} covariances"
     figures = _pictures(cfg, vae, split, mu, attribute_names(datamodule), expost)
-    _export_samples(cfg, vae)
+    _export_samples(cfg, vae, expost)
     step = int(ckpt.get("global_step", 0))
     metrics.update(
         split=cfg.eval.split,

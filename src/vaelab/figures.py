@@ -31,7 +31,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from vaelab.annotate import row_bands, with_row_labels
-from vaelab.expost import fit_to_training_codes
+from vaelab.expost import ExpostSettings, load_or_fit
 from vaelab.grids import interpolation_grid, labels_for, reconstruction_grid, sample_grid
 
 log = logging.getLogger(__name__)
@@ -399,7 +399,8 @@ class ResultFigure(L.Callback):
     """After the test, on rank 0: ``<dirpath>/result.png`` (and TensorBoard ``figures/result``),
     the result picture of the tested model on the first test images (reconstructed with their
     labels on a conditional VAE); a conditional VAE adds ``samples_per_class.png``, a VampPrior
-    ``pseudo_inputs.png``."""
+    ``pseudo_inputs.png``. The ex-post prior its picture draws from is saved in
+    ``<run_dir>/expost/`` (:func:`vaelab.expost.load_or_fit`), where evaluation finds it."""
 
     def __init__(
         self,
@@ -413,9 +414,12 @@ class ResultFigure(L.Callback):
         class_images: int = 2,
         expost_components: int = 50,
         expost_covariance: str = "full",
+        expost_codes: int = 10_000,
+        run_dir: str | None = None,
     ):
         self.dirpath, self.n_images, self.n_samples = dirpath, n_images, n_samples
-        self.expost_components, self.expost_covariance = expost_components, expost_covariance
+        self.expost = ExpostSettings(expost_components, expost_covariance, seed, expost_codes)
+        self.run_dir = run_dir
         self.per_row, self.temperature, self.seed = per_row, sample_temperature, seed
         self.class_attributes, self.class_images = tuple(class_attributes), class_images
         self._images: Tensor | None = None
@@ -461,18 +465,12 @@ class ResultFigure(L.Callback):
         return out
 
     def _expost(self, vae, datamodule):
-        """The ex-post prior fitted to the training codes (None: off, or no training split)."""
-        if not self.expost_components or "train" not in getattr(datamodule, "splits", {}):
+        """The ex-post prior of the training codes, saved with the run (None: off, or no
+        training split)."""
+        if not self.expost.components or "train" not in getattr(datamodule, "splits", {}):
             return None
-        log.info(  # tens of seconds on a CPU: say what the pause after the test is
-            "result picture: fitting the ex-post prior (%d Gaussians, %s covariances) to the training codes",
-            self.expost_components,
-            self.expost_covariance,
-        )
         with evaluation_mode(vae):
-            return fit_to_training_codes(
-                vae, datamodule, self.expost_components, self.seed, self.expost_covariance
-            )
+            return load_or_fit(vae, datamodule, self.expost, self.run_dir)
 
     def on_test_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or self._images is None:

@@ -9,11 +9,16 @@ tag: its cell shows the last point of that tag in the run. So each run writes:
 - the swept keys (:mod:`vaelab.swept`, as in the job's folder name) marked ``differs`` so
   they lead, then a short list of the settings that matter (:data:`KEY_HPARAMS`), not every
   leaf of the config;
-- metrics that point at the existing curve tags (``val/elbo``, ``test/elbo``, …), the ELBO
-  first, written without adding a point to any curve.
+- metrics that point at the existing curve tags (``val/elbo``, ``val/loss``, …), the ELBO
+  first, written without adding a point to any curve;
+- the test metrics as values after the hyper-parameters (they are not curves: the module does
+  not chart them), and the trial named by its own folder (:func:`trial_name`), since the
+  view cuts names after a dozen characters and every run of a day starts with the same date.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -42,8 +47,10 @@ KEY_HPARAMS = {
     "seed": "seed",
 }
 PART_GROUPS = ("net", "likelihood", "prior", "objective")
-# metric families in the HPARAMS view, the ELBO of each first (train/* is one noisy step)
-STAGES = ("val/", "test/")
+# metric columns of the HPARAMS view read the last point of these curves (train/* is one noisy
+# step); the test metrics are not curves: they are written as values, after the hyper-parameters
+CURVES = ("val/",)
+ONE_POINT = "test/"
 
 
 def swept_overrides() -> dict[str, str]:
@@ -99,9 +106,16 @@ def hyperparameters(cfg: DictConfig, swept: dict[str, str]) -> dict[str, object]
 
 
 def metric_tags(metrics: dict[str, float | None]) -> list[str]:
-    """Curve tags whose final value the view shows: per stage the ELBO, then the rest sorted."""
-    found = [k for k, v in metrics.items() if v is not None and k.startswith(STAGES)]
-    return sorted(found, key=lambda k: (k.split("/")[1] != "elbo", k.startswith("test/"), k))
+    """Curve tags whose final value the view shows: the ELBO, then the rest sorted."""
+    found = [k for k, v in metrics.items() if v is not None and k.startswith(CURVES)]
+    return sorted(found, key=lambda k: (k.split("/")[1] != "elbo", k))
+
+
+def one_point_columns(metrics: dict[str, float | None]) -> dict[str, float]:
+    """The test metrics, one value each: columns of the view beside the hyper-parameters (a
+    one-point chart would say nothing), the ELBO first."""
+    found = {k: v for k, v in metrics.items() if v is not None and k.startswith(ONE_POINT)}
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] != f"{ONE_POINT}elbo", kv[0])))
 
 
 def _mark_differs(experiment, names: set[str]) -> None:
@@ -113,10 +127,28 @@ def _mark_differs(experiment, names: set[str]) -> None:
     value.metadata.plugin_data.content = data.SerializeToString()
 
 
-def write_hparams(log_dir: str, params: dict[str, object], swept: set[str], tags: list[str]) -> None:
+def trial_name(run_dir: Path) -> str:
+    """What the view's trial column shows for a run: its own part of the folder name first
+    (a job's number and swept values, a run's time), which its first characters must tell
+    apart, then the sweep's or the day's folder."""
+    return f"{run_dir.name} ({run_dir.parent.name})"
+
+
+def _name_trial(start, name: str) -> None:
+    value = start.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    data.session_start_info.group_name = name
+    value.metadata.plugin_data.content = data.SerializeToString()
+
+
+def write_hparams(
+    log_dir: str, params: dict[str, object], swept: set[str], tags: list[str], name: str = ""
+) -> None:
     """Write the HPARAMS summaries into the run's TensorBoard folder, and no scalar point."""
     experiment, start, end = hparams_summaries(params, dict.fromkeys(tags, 0.0))
     _mark_differs(experiment, swept)
+    if name:
+        _name_trial(start, name)
     with SummaryWriter(log_dir=log_dir) as writer:  # a second event file of the same run
         for summary in (experiment, start, end):
             writer.file_writer.add_summary(summary)
@@ -125,10 +157,11 @@ def write_hparams(log_dir: str, params: dict[str, object], swept: set[str], tags
 def log_final_hparams(trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
     """Log the hyper-parameters with the final-metric columns, on rank 0 after the test."""
     swept = swept_overrides()
-    params = hyperparameters(cfg, swept)
+    params = hyperparameters(cfg, swept) | one_point_columns(metrics)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            write_hparams(logger.log_dir, params, set(swept), metric_tags(metrics))
+            name = trial_name(Path(cfg.paths.output_dir))
+            write_hparams(logger.log_dir, params, set(swept), metric_tags(metrics), name)
         else:
             logger.log_hyperparams(params)
             logger.finalize("success")  # the trainer already closed its writers: flush these too

@@ -63,6 +63,12 @@ class DataModel:
             "(evaluate binarised data with dataset.binarize=true)",
         )
 
+    def scored(self, seed: int) -> str:
+        """What the evaluation scores, in the words training's metrics.json uses (scored_data)."""
+        if self.dequantized:
+            return f"uniformly dequantised 8-bit data (k + u)/256, noise seed eval.seed={seed}"
+        return "the values as they are (k/255; binary: 0 or 1)"
+
     def prepare(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         return dequantize(images, generator) if self.dequantized else to_unit_float(images)
 

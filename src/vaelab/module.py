@@ -12,9 +12,11 @@ learned decoder σ.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -28,6 +30,9 @@ from vaelab.model.vae import VAE
 from vaelab.optim import fused_allowed
 
 SCHEDULER_DEFAULTS = {"interval": "epoch", "frequency": 1, "monitor": "val/loss"}
+# validation and test draw their z samples and dequantisation noise from this seed (plus the
+# rank), as src/eval.py draws from eval.seed: every epoch scores the same data the same way
+EVAL_SEED = 0
 
 
 def _plain(value):
@@ -83,6 +88,7 @@ class VAEModule(L.LightningModule):
             self.vae.compile()
         self._deferred: DeferredCheck | None = None  # the NaN check on an accelerator
         self._logging_step = False
+        self._seeded: contextlib.ExitStack | None = None  # validation's and test's own random streams
 
     def _step(self, batch, stage: str, log: bool = True, write: bool = False) -> Tensor:
         x, y = batch[0], (batch[1] if self.vae.n_conditions else None)
@@ -97,6 +103,8 @@ class VAEModule(L.LightningModule):
             return out.loss
         metrics = {f"{stage}/loss": out.loss, **{f"{stage}/{k}": v.mean() for k, v in out.terms.items()}}
         opts = dict(on_step=train, on_epoch=not train, sync_dist=not train, batch_size=x.shape[0])
+        # test values are one point each: metrics.json and HPARAMS' columns hold them, not charts
+        opts["logger"] = stage != "test"
         self.log(f"{stage}/loss", out.loss, prog_bar=True, **opts)
         self.log_dict({k: v for k, v in metrics.items() if k != f"{stage}/loss"}, **opts)
         if train:
@@ -154,6 +162,33 @@ class VAEModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    # -- validation and test on fixed random streams -----------------------------------------
+    def _seed_evaluation(self) -> None:
+        """Random streams seeded with EVAL_SEED until the epoch ends, then training's restored
+        as they were: the evaluation noise never depends on how far training got."""
+        self._end_seeded_evaluation()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        self._seeded = contextlib.ExitStack()
+        self._seeded.enter_context(torch.random.fork_rng(devices=devices))
+        torch.manual_seed(EVAL_SEED + self.global_rank)
+
+    def _end_seeded_evaluation(self) -> None:
+        if self._seeded is not None:
+            self._seeded.close()
+            self._seeded = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._seed_evaluation()
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_seeded_evaluation()
+
+    def on_test_epoch_start(self) -> None:
+        self._seed_evaluation()
+
+    def on_test_epoch_end(self) -> None:
+        self._end_seeded_evaluation()
 
     def configure_optimizers(self):
         """The optimiser spec (``_partial_: true``) called on the parameters, fused where torch

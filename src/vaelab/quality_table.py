@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from vaelab.errors import UserError, exit_on_user_error
+from vaelab.results import run_display
 from vaelab.sweep_summary import read_json
 
 SAMPLERS = {"samples": "prior p(z), T = 1", "expost": "ex-post prior"}
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders, each evaluated by src/eval.py")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
-    command = "python -m vaelab.quality_table " + shlex.join(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    shown = [run_display(Path(a)) if Path(a).is_absolute() else a for a in given]  # no machine's path
+    command = "python -m vaelab.quality_table " + shlex.join(shown)
     text = markdown(args.runs, command)
     print(text, end="")
     if args.out:

@@ -14,9 +14,13 @@ resumed; a run folder of another budget is moved aside to ``<row>.old-<n>``, nev
 The table reads nothing but the runs' own files: ``<run>/metrics.json`` (training: fit_seconds,
 epochs), ``<run>/eval/metrics.json`` (the evaluation) and ``<run>/.hydra/config.yaml`` (the row's
 model, prior and objective). Run folders are large and stay outside the repository, so those
-files of every evaluated row are copied, unchanged, into the records folder beside the table
+files of every evaluated row are copied into the records folder beside the table
 (``docs/results/<row>/`` for ``docs/results.md``), and the table is written from the records: a
 row measured in an earlier session keeps its numbers on a machine that no longer has its run.
+The records are committed, so they name no machine's folders: a copy keeps every byte of its
+file but the absolute paths, which :func:`portable_path` rewrites (``checkpoints/last.ckpt``
+inside the run, ``<data-dir>/...``, ``<runs-dir>/...``, ``<repo>/...``, else ``<outside>``), and
+the table names the runs folder relative to the repository, or ``<runs-dir>`` outside it.
 The only numbers typed in here are the published ones, in :data:`PUBLISHED`, each with its
 citation and budget. A row without a record is listed as "not run yet", never filled in.
 """
@@ -35,7 +39,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -148,9 +152,99 @@ def _yaml(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-# what a row's record keeps of its run folder: the files the table reads, copied unchanged
+# what a row's record keeps of its run folder: the files the table reads, copied with their
+# absolute paths made portable (portable_text), every other byte unchanged
 RECORD_FILES = ("metrics.json", "eval/metrics.json", ".hydra/config.yaml", "eval/.hydra/config.yaml")
 RECORD_SOURCE = "recorded_from.json"  # where and when the record was copied (written by record())
+
+
+def record_files(folder: Path) -> list[Path]:
+    """What a record keeps of ``folder`` (a run or a record), relative to it: :data:`RECORD_FILES`
+    and the resume records' overrides (which say that fit_seconds covers the last attempt only)."""
+    folder = Path(folder)
+    resumes = sorted(p.relative_to(folder) for p in folder.glob(".hydra/resume-*/overrides.yaml"))
+    return [rel for rel in [*map(Path, RECORD_FILES), *resumes] if (folder / rel).is_file()]
+
+
+# -- portable records: no machine's absolute path in a committed file ----------------------------
+RUNS_DIR_MARK = "<runs-dir>"  # the folder of the row folders (--runs-dir), outside the repository
+DATA_DIR_MARK = "<data-dir>"  # the run's paths.data_dir
+REPO_MARK = "<repo>"  # the checkout
+OUTSIDE_MARK = "<outside>"  # any other folder of the machine: not named at all
+RECORDS_DIR_MARK = "<records-dir>"  # a records folder outside the repository
+# an absolute path where a value starts: at a line's start, after blanks, a quote, "=", "[" or
+# "("; up to a blank, a quote or a closing bracket. "${oc.env:HOME,/tmp}" (after a comma) and
+# URLs (after ":" or "/") are left alone
+ABSOLUTE_PATH = re.compile(r"""(?<![^\s"'=\[(])/[\w.~-][^\s"'\]),}]*""")
+
+
+def portable_path(path: str, bases: list[tuple[PurePosixPath, str]]) -> str:
+    """``path`` (absolute) relative to the deepest of ``bases`` (folder, mark) holding it, behind
+    that base's mark: the run's own files have the mark "" (``checkpoints/last.ckpt``, ``.`` for
+    the run itself); a path under no base is :data:`OUTSIDE_MARK`."""
+    p = PurePosixPath(os.path.normpath(path))
+    held = [(base, mark) for base, mark in bases if base == p or base in p.parents]
+    if not held:
+        return OUTSIDE_MARK
+    base, mark = max(held, key=lambda held: len(held[0].parts))
+    rest = str(p.relative_to(base))
+    if not mark:
+        return rest
+    return mark if rest == "." else f"{mark}/{rest}"
+
+
+def portable_text(text: str, bases: list[tuple[PurePosixPath, str]]) -> str:
+    """``text`` with each absolute path rewritten by :func:`portable_path`; every other character
+    (the numbers above all) as it was."""
+    return ABSOLUTE_PATH.sub(lambda m: portable_path(m.group(), bases), text)
+
+
+def _data_dirs(folder: Path) -> list[str]:
+    """The absolute data folders a run's files name: its configs' paths.data_dir and those of its
+    resumes' overrides."""
+    found = []
+    for rel in (".hydra/config.yaml", "eval/.hydra/config.yaml"):
+        paths = (_yaml(Path(folder) / rel) or {}).get("paths")
+        found.append(paths.get("data_dir") if isinstance(paths, dict) else None)
+    for overrides in Path(folder).glob(".hydra/resume-*/overrides.yaml"):
+        found += re.findall(r"^- paths\.data_dir=(\S+)$", overrides.read_text(), flags=re.M)
+    return sorted({d for d in found if isinstance(d, str) and d.startswith("/")})
+
+
+def portable_bases(run: Path, folder: Path | None = None) -> list[tuple[PurePosixPath, str]]:
+    """The folders :func:`portable_path` names a run's paths by: the run (mark ""), the runs
+    folder around it, its data folders (read from ``folder``: the run, or a copy of its files)
+    and the checkout."""
+    run = Path(run)
+    bases = [(ROOT, REPO_MARK), *((Path(d), DATA_DIR_MARK) for d in _data_dirs(folder or run))]
+    for form in {run.absolute(), run.resolve()}:
+        bases += [(form.parent, RUNS_DIR_MARK), (form, "")]
+    return [(PurePosixPath(os.path.normpath(base)), mark) for base, mark in bases]
+
+
+def portable_bytes(path: Path, bases: list[tuple[PurePosixPath, str]]) -> bytes:
+    """A record file's bytes with its absolute paths made portable (a file that is not UTF-8
+    text as it is)."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+    return portable_text(text, bases).encode("utf-8")
+
+
+def make_portable(folder: Path, run: Path) -> None:
+    """Rewrite the record files in ``folder``, copied from the run folder ``run``, so that they
+    name no absolute path (:func:`portable_text`), and its :data:`RECORD_SOURCE` likewise. The
+    records written before this existed were made portable by this function once."""
+    folder = Path(folder)
+    bases = portable_bases(run, folder)
+    for rel in record_files(folder):
+        (folder / rel).write_bytes(portable_bytes(folder / rel, bases))
+    source = read_json(folder / RECORD_SOURCE)
+    if isinstance(source.get("run"), str) and PurePosixPath(source["run"]).is_absolute():
+        source["run"] = run_display(Path(source["run"]))
+        (folder / RECORD_SOURCE).write_text(json.dumps(source, indent=1) + "\n")
 
 
 @dataclass
@@ -206,30 +300,31 @@ class Run:
         return any((self.path / ".hydra").glob("resume-*"))
 
     def record_files(self) -> list[Path]:
-        """What a record keeps, relative to the run: :data:`RECORD_FILES` and the resume records'
-        overrides (which say that fit_seconds covers the last attempt only)."""
-        resumes = sorted(p.relative_to(self.path) for p in self.path.glob(".hydra/resume-*/overrides.yaml"))
-        return [rel for rel in [*map(Path, RECORD_FILES), *resumes] if (self.path / rel).is_file()]
+        """What a record keeps of this folder (:func:`record_files`)."""
+        return record_files(self.path)
 
     def same_files(self, record: Run) -> bool:
-        """Whether ``record`` already holds exactly this run's files."""
+        """Whether ``record`` already holds exactly this run's files, made portable."""
         mine, theirs = self.record_files(), record.record_files()
+        bases = portable_bases(self.path)
         return mine == theirs and all(
-            (self.path / rel).read_bytes() == (record.path / rel).read_bytes() for rel in mine
+            portable_bytes(self.path / rel, bases) == (record.path / rel).read_bytes() for rel in mine
         )
 
     def record(self, records_dir: Path) -> Path:
-        """Copy this run's :meth:`record_files` unchanged to ``records_dir/<name>/``, with a
-        :data:`RECORD_SOURCE` saying where from. An older record is swapped out only once the new
-        one is complete, so an interruption leaves one of the two, never neither."""
+        """Copy this run's :meth:`record_files` to ``records_dir/<name>/`` with their absolute
+        paths made portable (:func:`make_portable`), with a :data:`RECORD_SOURCE` saying where
+        from. An older record is swapped out only once the new one is complete, so an
+        interruption leaves one of the two, never neither."""
         target = Path(records_dir) / self.name
         staging = target.with_name(f".{self.name}.recording-{os.getpid()}")
         old = target.with_name(f".{self.name}.replaced-{os.getpid()}")
         for rel in self.record_files():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.path / rel, staging / rel)
+        make_portable(staging, self.path)
         now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        source = {"run": str(self.path.resolve()), "recorded": now}
+        source = {"run": run_display(self.path), "recorded": now}
         (staging / RECORD_SOURCE).write_text(json.dumps(source, indent=1) + "\n")
         if target.exists():
             target.rename(old)
@@ -584,9 +679,17 @@ def record_finished(runs_dir: Path, records_dir: Path, replace_larger: bool = Fa
 
 
 def _recorded_from(runs: list[Run]) -> str:
+    """The runs folders the records were copied from: relative to the checkout, or
+    :data:`RUNS_DIR_MARK` (a record of an older version names its run's absolute path)."""
     sources = [read_json(run.path / RECORD_SOURCE) for run in runs if run.done]
-    folders = sorted({_display(Path(s["run"]).parent) for s in sources if isinstance(s.get("run"), str)})
-    return ", ".join(f"`{f}`" for f in folders) or "no run folder: no row is recorded yet"
+    folders = set()
+    for run in (s["run"] for s in sources if isinstance(s.get("run"), str)):
+        is_absolute = PurePosixPath(run).is_absolute()
+        folders.add(
+            _display(Path(run).parent, RUNS_DIR_MARK) if is_absolute else str(PurePosixPath(run).parent)
+        )
+    shown = [f"`{f}`" + (", outside the repository" if f == RUNS_DIR_MARK else "") for f in sorted(folders)]
+    return ", ".join(shown) or "no run folder: no row is recorded yet"
 
 
 def row_runs(records_dir: Path, runs_dir: Path) -> dict[str, Run]:
@@ -608,7 +711,8 @@ def render(records_dir: Path, runs_dir: Path, command: str, budget: str) -> str:
         f"Budget asked for: {budget}. Budget of the runs found: MNIST {_budget_found(mnist)}; "
         f"CelebA {_budget_found(celeba)}.",
         f"Every number below is read from the runs' own files (`metrics.json`, `eval/metrics.json`, "
-        f"`.hydra/config.yaml`), kept for each row under `{_display(records_dir)}/<row>/` as copied from "
+        f"`.hydra/config.yaml`), kept for each row under `{_display(records_dir, RECORDS_DIR_MARK)}/<row>/` "
+        "as copied from "
         f"its run folder (under {_recorded_from(list(runs.values()))}; see each "
         f"`{RECORD_SOURCE}`), except the rows marked published. Test NLL is "
         "the IWAE estimate of −log p(x) with k importance samples (an upper bound on the true NLL "
@@ -637,12 +741,48 @@ def render(records_dir: Path, runs_dir: Path, command: str, budget: str) -> str:
     return "\n".join(out)
 
 
-def _display(path: Path) -> str:
-    """A path relative to the checkout when inside it (the table is committed), else as given."""
+def _display(path: Path, outside: str = OUTSIDE_MARK) -> str:
+    """A path relative to the checkout when inside it (the table and the records are committed),
+    else ``outside``: never a machine's absolute path."""
     try:
         return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
-        return str(path)
+        return outside
+
+
+def run_display(run: Path) -> str:
+    """A run folder as a record names it: relative to the checkout, else ``<runs-dir>/<row>``."""
+    return _display(run, f"{RUNS_DIR_MARK}/{Path(run).name}")
+
+
+# the command line's path options, and how each is named outside the checkout
+PATH_OPTIONS = {
+    "--runs-dir": RUNS_DIR_MARK,
+    "--data-dir": DATA_DIR_MARK,
+    "--celeba-root": "<celeba-root>",
+    "--out": OUTSIDE_MARK,
+    "--records-dir": RECORDS_DIR_MARK,
+    "--readme": OUTSIDE_MARK,
+}
+
+
+def portable_argv(argv: list[str]) -> list[str]:
+    """The command line as the table quotes it: each path option's value (and any other absolute
+    path) relative to the checkout, or its mark (:data:`PATH_OPTIONS`) outside it."""
+    out, mark = [], None
+    for arg in argv:
+        option, eq, value = arg.partition("=")
+        if mark is not None:
+            out.append(_display(Path(arg), mark))
+            mark = None
+        elif option in PATH_OPTIONS and eq:
+            out.append(f"{option}={_display(Path(value), PATH_OPTIONS[option])}")
+        elif arg in PATH_OPTIONS:
+            out.append(arg)
+            mark = PATH_OPTIONS[arg]
+        else:
+            out.append(_display(Path(arg)) if PurePosixPath(arg).is_absolute() else arg)
+    return out
 
 
 # -- running the rows ------------------------------------------------------------------------------
@@ -882,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(names, 1):
             if not run_row(name, args, f"{i}/{len(names)}"):
                 failed.append(name)
-    command = shlex.join(["python", "-m", "vaelab.results", *argv])
+    command = shlex.join(["python", "-m", "vaelab.results", *portable_argv(argv)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     said = record_finished(args.runs_dir, args.records_dir, args.replace_larger_records)
     print(f"records under {args.records_dir}:", *(said or ["no evaluated run found"]), sep="\n  ", flush=True)

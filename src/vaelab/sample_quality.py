@@ -5,9 +5,9 @@ way: prior samples, reconstructions of held-out images, and real held-out images
 what perfect samples would score). For a classifier judge, the share of images it classifies
 with confidence ≥ 0.9 and the normalised entropy of its predicted-class histogram (1 = every
 class equally often: no mode collapse); for any judge, the Fréchet distance between the set's
-features and the test images' (torchmetrics' FID machinery with the judge as its feature
-extractor) and precision/recall (Kynkäänniemi et al. 2019: the share of samples inside the
-real data's k-NN balls, and of real images inside the samples'). A sampler that replays
+features and the test images' and precision/recall (Kynkäänniemi et al. 2019: the share of
+samples inside the real data's k-NN balls, and of real images inside the samples'), all from
+one pass of each set through the judge (the test images' once for every set). A sampler that replays
 training codes can score high confidence; the Fréchet distance and recall catch it.
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from vaelab.data.base import to_unit_float
-from vaelab.judges import FeatureExtractor, Judge
+from vaelab.judges import Judge
 
 CONFIDENCE = 0.9
 NEIGHBOURS = 3  # k of the k-NN balls of precision/recall (Kynkäänniemi et al. use 3)
@@ -74,27 +74,44 @@ def judged(judge: Judge, images: Tensor, batch_size: int = 500) -> tuple[Tensor,
     return torch.cat(feats), torch.cat(probs)
 
 
-def frechet_distance(judge: Judge, real: Tensor, fake: Tensor, batch_size: int = 500) -> float:
+def _gaussian(features: Tensor) -> tuple[Tensor, Tensor]:
+    f = features.double()
+    return f.mean(0), f.T.cov()
+
+
+def frechet(real: tuple[Tensor, Tensor], fake: tuple[Tensor, Tensor]) -> float:
+    """Fréchet distance between Gaussians (mean, covariance): |m₁ − m₂|² + tr(C₁ + C₂ − 2(C₁C₂)^½),
+    the trace of the root from the eigenvalues of C₁C₂ (real and ≥ 0 up to rounding)."""
+    (m1, c1), (m2, c2) = real, fake
+    root_trace = torch.linalg.eigvals(c1 @ c2).real.clamp(min=0).sqrt().sum()
+    return float((m1 - m2).square().sum() + c1.trace() + c2.trace() - 2 * root_trace)
+
+
+def frechet_distance(judge: Judge, real: Tensor, fake: Tensor) -> float:
     """Fréchet distance between the judge's features of two image sets (float in [0, 1])."""
-    metric = FrechetInceptionDistance(  # sync_on_compute=False: rank 0 alone scores, under DDP too
-        feature=FeatureExtractor(judge),
-        normalize=True,
-        input_img_size=tuple(real.shape[1:]),
-        sync_on_compute=False,
-    ).to(real.device)
-    for start in range(0, len(real), batch_size):
-        metric.update(real[start : start + batch_size], real=True)
-    for start in range(0, len(fake), batch_size):
-        metric.update(fake[start : start + batch_size], real=False)
-    return float(metric.compute())
+    return frechet(_gaussian(judged(judge, real)[0]), _gaussian(judged(judge, fake)[0]))
 
 
-def image_set_scores(judge: Judge, test: Tensor, images: Tensor) -> dict[str, float]:
-    """Every number for one set of images, against the test images ``test``."""
-    test_feats, _ = judged(judge, test)
+@dataclass(frozen=True)
+class Reference:
+    """The judge's view of the real images every set is scored against, computed once."""
+
+    features: Tensor
+    gaussian: tuple[Tensor, Tensor]
+
+    @classmethod
+    def of(cls, judge: Judge, images: Tensor) -> Reference:
+        features = judged(judge, images)[0]
+        return cls(features, _gaussian(features))
+
+
+def image_set_scores(judge: Judge, test: Tensor | Reference, images: Tensor) -> dict[str, float]:
+    """Every number for one set of images, against the test images ``test`` (or their
+    :class:`Reference`, when several sets are scored against the same images)."""
+    reference = test if isinstance(test, Reference) else Reference.of(judge, test)
     feats, probs = judged(judge, images)
-    precision, recall = precision_recall(test_feats, feats)
-    scores = {"fd": frechet_distance(judge, test, images), "precision": precision, "recall": recall}
+    precision, recall = precision_recall(reference.features, feats)
+    scores = {"fd": frechet(reference.gaussian, _gaussian(feats)), "precision": precision, "recall": recall}
     if not judge.multi_label:
         scores |= {"confident": confident_share(probs), "class_entropy": class_entropy(probs)}
     return scores
@@ -140,9 +157,9 @@ def sample_quality(
         "reconstructions": reconstructions,
         "real": lambda: other,
     }
-    out = {}
+    out, reference = {}, Reference.of(judge, real)
     for name, make in sets.items():
-        out |= {f"quality/{name}/{k}": v for k, v in image_set_scores(judge, real, make()).items()}
+        out |= {f"quality/{name}/{k}": v for k, v in image_set_scores(judge, reference, make()).items()}
         progress(name)  # one set done
     return out
 

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from vaelab.callbacks import SampleQuality
 from vaelab.checkpoints import SafeCheckpointIO
 from vaelab.config import config_tree, validate
 from vaelab.distributed import check_run_dir, launch_scope, scale_summary
@@ -73,8 +74,8 @@ def _finite_floats(metrics) -> dict[str, float]:
     return out
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and test) the configured VAE; write ``metrics.json`` into the run dir."""
+def run(cfg: DictConfig) -> dict[str, float | str]:
+    """Fit (and test) the configured VAE; write ``metrics.json`` into the run dir and return it."""
     validate(cfg)
     _route_lightning_logs_to_root()
     _show_config(cfg)
@@ -86,14 +87,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info(scale_summary(trainer, datamodule.batch_size, model.hparams.optimizer.get("lr")))
     with launch_scope(trainer):
         metrics = _fit_and_test(cfg, datamodule, model, trainer)
+    numbers = dict(metrics)
+    metrics["scored_data"] = datamodule.scored_data()  # what val/* and test/* measured
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir) / "metrics.json"
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         log.info(
-            "metrics: %s",
-            ", ".join(f"{k}={significant(v)}" for k, v in sorted(metrics.items()) if v is not None),
+            "metrics (val and test on %s): %s",
+            metrics["scored_data"],
+            ", ".join(f"{k}={significant(v)}" for k, v in sorted(numbers.items()) if v is not None),
         )
-        log_final_hparams(trainer, cfg, metrics)
+        log_final_hparams(trainer, cfg, numbers)
     return metrics
 
 
@@ -101,9 +105,16 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, trainer) -> dict[str, floa
     resume = checkpoint_to_resume(cfg, model)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)  # SafeCheckpointIO loads it
+    fit_seconds = time.perf_counter() - start
     metrics = _finite_floats(trainer.callback_metrics)
-    # this process's fitting time (a resumed run: since the resume) and where training ended
-    metrics.update(fit_seconds=round(time.perf_counter() - start, 1), epochs=trainer.current_epoch)
+    # this process's fitting time (a resumed run: since the resume) less the time it stood still
+    # for the sample-quality judge, which gets its own line, and where training ended
+    quality = [c for c in trainer.callbacks if isinstance(c, SampleQuality)]
+    fit_seconds -= sum(c.waited_seconds for c in quality)
+    metrics.update(fit_seconds=round(fit_seconds, 1), epochs=trainer.current_epoch)
+    judge = [c.judge_seconds for c in quality if c.judge_seconds is not None]
+    if judge:  # loading it, or training it the first time (rank 0's only)
+        metrics["judge_seconds"] = round(sum(judge), 1)
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")  # "" without ModelCheckpoint
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)

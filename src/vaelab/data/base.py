@@ -83,6 +83,14 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
                 self.mapped_splits.discard(s)
         return splits
 
+    def scored_data(self) -> str:
+        """What validation and test batches hold, for the outputs that report their numbers."""
+        if self.binarize:
+            return f"binarised pixels (one fixed draw per split, dataset.seed={self.seed})"
+        if self.dequantize:
+            return "uniformly dequantised 8-bit data (k + u)/256, fixed noise seed"
+        return "the 8-bit values k/255"
+
     def fixed_binarization(self, split: str, images: Tensor) -> Tensor:
         """``split``'s one fixed 0/255 draw: the same for every run with this seed."""
         return binarize_uint8(images, self.seed + SPLITS.index(split))
@@ -153,12 +161,13 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Float images: training batches binarised afresh (``binarize``) or uniformly
-        dequantised, (k + u)/256 (``dequantize``): the density a Gaussian decoder fits is then
-        the one src/eval.py scores in bits/dim; validation and test batches are k/255."""
+        """Float images: training batches binarised afresh (``binarize``); for a density
+        (``dequantize``), every split uniformly dequantised, (k + u)/256, so that validation and
+        test score the data src/eval.py scores and its bits/dim refer to (the LightningModule
+        fixes the noise's seed for validation and test: the same data every epoch); else k/255."""
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        if training and self.dequantize and not self.binarize:
+        if self.dequantize and not self.binarize:
             return dequantize_on_device(images), labels
         x = to_unit_float(images)
         if training and self.binarize:

@@ -34,8 +34,8 @@ DOWNLOAD_HINT = (
     "Download CelebA's 'Align&Cropped Images' (img_align_celeba.zip) and "
     "list_eval_partition.txt (and optionally list_attr_celeba.txt) from the CelebA site "
     "(mmlab.ie.cuhk.edu.hk/projects/CelebA.html), and lay them out as "
-    "<data_dir>/celeba/img_align_celeba/000001.jpg … and <data_dir>/celeba/list_eval_partition.txt; "
-    "then pass paths.data_dir=<data_dir>."
+    "<folder>/celeba/img_align_celeba/000001.jpg … and <folder>/celeba/list_eval_partition.txt; "
+    "then pass dataset.root=<folder> (default: paths.data_dir)."
 )
 
 

@@ -57,7 +57,7 @@ class MNISTDataModule(ImageDataModule):
                 f"(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
                 f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) there, or point "
                 f"paths.data_dir at the folder that contains {self.folder}/raw/ "
-                f"(e.g. paths.data_dir=../shared/data)."
+                f"(e.g. paths.data_dir=/path/to/data)."
             )
 
     def _try_download(self) -> None:
