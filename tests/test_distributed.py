@@ -21,7 +21,6 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from vaelab import distributed
-from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
 from vaelab.guards import DeferredCheck, NonFiniteLossError, check_finite_loss
 from vaelab.module import VAEModule
