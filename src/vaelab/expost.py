@@ -39,7 +39,8 @@ SAMPLERS = ("prior", "expost")  # what eval.sampler and friends may draw from
 MAX_CODES = 10_000  # codes a fit uses at most (a seeded subsample of the training set's)
 INACTIVE_VAR = 0.01  # a dim whose codes vary less is inactive (Burda et al.'s active units)
 TOLERANCE = 1e-3  # EM stops when the mean log-likelihood gains less than this (nats per code)
-ROWS_PER_CHUNK = 1 << 22  # (component, code, dim) entries the E step holds at once: 32 MB
+ROWS_PER_CHUNK = 1 << 22  # packed outer-product entries built at once (32 MB in float64)
+KEPT_ENTRIES = 1 << 25  # packed outer products kept for the whole fit (256 MB: 10,000 codes of 80 dims)
 
 
 @dataclass
@@ -67,29 +68,49 @@ class GaussianMixture:
         return {"weights": self.weights, "means": self.means, "scale_trils": self.scale_trils}
 
 
-def _outer(z: Tensor) -> Tensor:
-    """(N, D·D): each row's outer product z zᵀ, flattened, so that sums over rows of quadratic
-    forms become one matrix product (20× faster than whitening each row per component)."""
-    return (z[:, :, None] * z[:, None, :]).flatten(1)
+class _Codes:
+    """Codes (N, D) with the upper triangles of their outer products z zᵀ, one packed row per
+    code: sums over codes of quadratic forms (the E step's zᵀPz, the M step's second moments)
+    become one matrix product each (20× faster than whitening every code per component). The
+    products are kept while they fit in KEPT_ENTRIES, else rebuilt chunk by chunk at each use."""
+
+    def __init__(self, z: Tensor, keep: bool = True):
+        self.z, d = z, z.shape[1]
+        self.rows, self.cols = torch.triu_indices(d, d)
+        self.twice = 2.0 - (self.rows == self.cols).to(z.dtype)  # zᵀPz counts z_i z_j P_ij twice, i < j
+        self.size = max(1, ROWS_PER_CHUNK // len(self.rows))
+        fits = keep and len(z) * len(self.rows) <= KEPT_ENTRIES
+        self.kept = [self._outer(c) for c in z.split(self.size)] if fits else None
+
+    def _outer(self, chunk: Tensor) -> Tensor:
+        return chunk[:, self.rows] * chunk[:, self.cols]
+
+    def chunks(self):
+        """(codes, their packed outer products) in row chunks."""
+        for i, chunk in enumerate(self.z.split(self.size)):
+            yield chunk, self.kept[i] if self.kept is not None else self._outer(chunk)
+
+    def unpack(self, packed: Tensor) -> Tensor:
+        """(K, D(D+1)/2) upper triangles → (K, D, D) symmetric matrices."""
+        d = self.z.shape[1]
+        full = packed.new_zeros(len(packed), d, d)
+        full[:, self.rows, self.cols] = packed
+        full[:, self.cols, self.rows] = packed
+        return full
 
 
-def _chunks(t: Tensor, d: int) -> tuple[Tensor, ...]:
-    """Row chunks of ``t`` small enough that the outer products of as many D-dim codes stay
-    within ROWS_PER_CHUNK entries."""
-    return t.split(max(1, ROWS_PER_CHUNK // d**2))
-
-
-def _component_log_probs(z: Tensor, gm: GaussianMixture) -> Tensor:
+def _component_log_probs(z: Tensor | _Codes, gm: GaussianMixture) -> Tensor:
     """(N, K): log N(z_n; m_k, Σ_k), as zᵀPz − 2 mᵀPz + mᵀPm with the precisions P = Σ⁻¹ (in
     float64, where the expansion loses nothing that matters)."""
+    codes = z if isinstance(z, _Codes) else _Codes(z, keep=False)
     k, d = gm.means.shape
     eye = torch.eye(d, dtype=gm.means.dtype).expand(k, d, d)
     inverse = torch.linalg.solve_triangular(gm.scale_trils, eye, upper=False)  # L⁻¹
     precision = inverse.mT @ inverse  # (K, D, D)
     pm = (precision @ gm.means.unsqueeze(-1)).squeeze(-1)  # (K, D)
     constant = (gm.means * pm).sum(1)
-    flat = precision.flatten(1).T  # (D·D, K)
-    parts = [_outer(c) @ flat - 2 * (c @ pm.T) + constant for c in _chunks(z, d)]
+    packed = (precision[:, codes.rows, codes.cols] * codes.twice).T  # (D(D+1)/2, K)
+    parts = [outer @ packed - 2 * (c @ pm.T) + constant for c, outer in codes.chunks()]
     half_log_det = gm.scale_trils.diagonal(dim1=1, dim2=2).log().sum(1)  # (K,)
     return -0.5 * (torch.cat(parts) + d * math.log(2 * math.pi)) - half_log_det
 
@@ -106,17 +127,17 @@ def _kmeans_pp(z: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.cat(centres)
 
 
-def _scale_trils(z: Tensor, resp: Tensor, mass: Tensor, means: Tensor, covariance: str) -> Tensor:
+def _scale_trils(codes: _Codes, resp: Tensor, mass: Tensor, means: Tensor, covariance: str) -> Tensor:
     """The M step's Cholesky factors: each component's responsibility-weighted covariance (or
     only its diagonal) plus MIN_VAR on the diagonal, all components at once."""
-    k, d = means.shape
+    d = means.shape[1]
     if covariance == "diag":
-        second = resp.T @ z.square() / mass[:, None]  # E_k[z²]
+        second = resp.T @ codes.z.square() / mass[:, None]  # E_k[z²]
         return torch.diag_embed((second - means.square()).clamp_min(0) + MIN_VAR).sqrt()
-    second = sum(r.T @ _outer(c) for r, c in zip(_chunks(resp, d), _chunks(z, d), strict=True))  # (K, D·D)
-    cov = second.view(k, d, d) / mass[:, None, None] - means[:, :, None] * means[:, None, :]
-    cov = (cov + cov.mT) / 2  # symmetric to the last bit, for the Cholesky factorisation
-    return torch.linalg.cholesky(cov + MIN_VAR * torch.eye(d, dtype=z.dtype))
+    rows = resp.split(codes.size)
+    second = codes.unpack(sum(r.T @ outer for r, (_, outer) in zip(rows, codes.chunks(), strict=True)))
+    cov = second / mass[:, None, None] - means[:, :, None] * means[:, None, :]
+    return torch.linalg.cholesky(cov + MIN_VAR * torch.eye(d, dtype=means.dtype))
 
 
 def _em(
@@ -129,14 +150,14 @@ def _em(
         means=_kmeans_pp(z, k, generator),
         scale_trils=start.expand(k, -1, -1).clone(),
     )
-    previous = -math.inf
+    previous, codes = -math.inf, _Codes(z, keep=covariance == "full")
     for _ in range(iterations):
-        joint = _component_log_probs(z, gm) + gm.weights.log()
+        joint = _component_log_probs(codes, gm) + gm.weights.log()
         total = torch.logsumexp(joint, dim=1, keepdim=True)
         resp = (joint - total).exp()  # (N, K) responsibilities
         mass = resp.sum(0) + 1e-12
         means = (resp.T @ z) / mass[:, None]
-        gm = GaussianMixture(mass / mass.sum(), means, _scale_trils(z, resp, mass, means, covariance))
+        gm = GaussianMixture(mass / mass.sum(), means, _scale_trils(codes, resp, mass, means, covariance))
         current = float(total.mean())
         if current - previous < tolerance:
             break
@@ -151,7 +172,9 @@ def _with_inactive_dims(gm: GaussianMixture, z: Tensor, active: Tensor, resp: Te
     rest = z[:, ~active]
     mass = resp.sum(0) + 1e-12
     rest_means = (resp.T @ rest) / mass[:, None]
-    rest_scales = _scale_trils(rest, resp, mass, rest_means, "diag").diagonal(dim1=1, dim2=2)
+    rest_scales = _scale_trils(_Codes(rest, keep=False), resp, mass, rest_means, "diag").diagonal(
+        dim1=1, dim2=2
+    )
     means = torch.zeros(k, d, dtype=z.dtype)
     means[:, active], means[:, ~active] = gm.means, rest_means
     a, i = active.nonzero().squeeze(1), (~active).nonzero().squeeze(1)
