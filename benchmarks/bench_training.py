@@ -405,7 +405,8 @@ def epoch_table(report: dict, bench: str) -> list[str]:
 
 
 def run_table(run: dict, epochs: int) -> list[str]:
-    lines = ["", f"Whole MNIST run, {epochs} epochs of train + validation, logging on:"]
+    lines = ["", f"Whole MNIST run, {epochs} epochs of train + validation, logging on (vaelab: every"]
+    lines += ["default extra on: test, sample quality with its cached judge, ex-post grids, result picture):"]
     for name in ("classic", "vaelab"):
         r = run[name]
         lines.append(

@@ -278,6 +278,14 @@ def cache(spec: dict, device: torch.device) -> dict:
     sizes = {name: len(s["images"]) for name, s in splits.items()}
     data_mb = sum(t.numel() * t.element_size() for s in splits.values() for t in s.values()) / 2**20
     peak = proc_status_mb("VmHWM")
+    judge_seconds = None
+    if spec["bench"] == "mnist":  # the whole run finds its judge cached, as a user's second run does
+        from vaelab.judges import load_or_train_judge
+
+        dm.splits = splits
+        judge_start = time.perf_counter()
+        load_or_train_judge(dm)
+        judge_seconds = time.perf_counter() - judge_start
     return {
         "images": sum(sizes.values()),
         "splits": sizes,
@@ -285,6 +293,7 @@ def cache(spec: dict, device: torch.device) -> dict:
         "images_per_sec": sum(sizes.values()) / seconds,
         "data_mb": data_mb,
         "rss_growth_mb": peak - before,  # ≈ data_mb when the decoded data is held once
+        "judge_seconds": judge_seconds,
     }
 
 
