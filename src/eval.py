@@ -10,10 +10,8 @@ from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VAELAB_ROOT", str(ROOT))
-# before torch loads: waiting OpenMP threads spin briefly, then sleep (vaelab/threads.py)
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
+# importing vaelab (before torch) sets the short OpenMP spin of vaelab/threads.py
 
 from vaelab.allocator import keep_freed_memory  # noqa: E402
 from vaelab.errors import exit_on_user_error, reword_hydra_errors  # noqa: E402

@@ -150,3 +150,19 @@ def test_debug_configs_turn_the_extras_off(compose_train, debug):
         and cfg.callbacks.result_figure.expost_components == 0
     )
     assert cfg.callbacks.image_grids.every_n_epochs == 1  # the cheap grids stay: a check looks at them
+
+
+def test_validation_draws_the_same_noise_every_epoch_and_leaves_trainings_streams_alone(compose_train):
+    from hydra.utils import instantiate
+
+    model = instantiate(compose_train([]).model, image_shape=(1, 28, 28), n_conditions=0)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    model.on_validation_epoch_start()
+    first = torch.rand(3)
+    model.on_validation_epoch_end()
+    assert torch.equal(torch.get_rng_state(), before)  # training goes on as if nothing was drawn
+    model.on_test_epoch_start()
+    again = torch.rand(3)
+    model.teardown("test")  # an epoch that raised never reaches its end hook: teardown closes it
+    assert torch.equal(first, again) and torch.equal(torch.get_rng_state(), before)

@@ -121,7 +121,9 @@ class SampleQuality(L.Callback):
 
     Under DDP, rank 0 loads or trains the judge in a background thread while every rank trains,
     so no rank waits for it at the next collective: validation epochs that end before it is
-    ready have no numbers, and the run's last one waits for it, so the final numbers are there.
+    ready have no numbers, and the run's last one (when it validates, and known to be the last
+    by max_epochs or max_steps) waits for it, so the final numbers are there; the end of the
+    fit waits for it in any case, so the test and ``judge_seconds`` find it done.
     """
 
     def __init__(self, every_n_epochs: int = 1, n: int = 1000, seed: int = 0, judge_epochs: int = 4):
@@ -183,6 +185,12 @@ class SampleQuality(L.Callback):
         start = time.perf_counter()
         pending.join()
         self.waited_seconds += time.perf_counter() - start
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self._background is not None and self._background.is_alive():
+            start = time.perf_counter()
+            self._background.join()
+            self.waited_seconds += time.perf_counter() - start
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

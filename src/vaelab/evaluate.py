@@ -26,7 +26,7 @@ from vaelab import checkpoints
 from vaelab.config import config_tree, validate
 from vaelab.data.base import to_unit_float
 from vaelab.errors import UserError
-from vaelab.expost import ExpostSettings, GaussianMixture, fit_and_save, sample_images, saved_mixture
+from vaelab.expost import ExpostSettings, GaussianMixture, load_or_fit, sample_images
 from vaelab.figures import (
     FigureSettings,
     attribute_names,
@@ -173,14 +173,10 @@ def _expost_prior(cfg: DictConfig, vae, datamodule) -> GaussianMixture | None:
     if not ev.expost_components:
         return None
     settings = ExpostSettings(ev.expost_components, ev.expost_covariance, ev.seed, ev.expost_codes)
-    saved = None if ev.expost_refit else saved_mixture(cfg.run_dir, vae, settings)
-    if saved is not None:
-        return saved
-    n = min(settings.max_codes, len(datamodule.splits["train"]["images"]))
-    with Progress(
-        n, f"ex-post prior: {settings.components} Gaussians, encoding training codes", "codes"
-    ) as bar:
-        return fit_and_save(vae, datamodule, settings, cfg.run_dir, bar.update)
+    label = f"ex-post prior: {settings.components} Gaussians, encoding training codes"
+    return load_or_fit(
+        vae, datamodule, settings, cfg.run_dir, ev.expost_refit, lambda n: Progress(n, label, "codes")
+    )
 
 
 def _sampler(vae, mixture: GaussianMixture | None, temperature: float, seed: int):

@@ -16,6 +16,7 @@ reuse it and fit again only when the weights or the settings changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -36,10 +37,11 @@ log = logging.getLogger(__name__)
 MIN_VAR = 1e-4  # added to each component's variances: a collapsed component would give log 0
 COVARIANCES = ("full", "diag")
 SAMPLERS = ("prior", "expost")  # what eval.sampler and friends may draw from
+EXPOST_VERSION = 1  # bump when the fit changes: saved mixtures of older fits are not reused
 MAX_CODES = 10_000  # codes a fit uses at most (a seeded subsample of the training set's)
 INACTIVE_VAR = 0.01  # a dim whose codes vary less is inactive (Burda et al.'s active units)
 TOLERANCE = 1e-3  # EM stops when the mean log-likelihood gains less than this (nats per code)
-ROWS_PER_CHUNK = 1 << 22  # packed outer-product entries built at once (32 MB in float64)
+ROWS_PER_CHUNK = 1 << 22  # (code, dim, dim) entries of packed outer products built at once: 32 MB
 KEPT_ENTRIES = 1 << 25  # packed outer products kept for the whole fit (256 MB: 10,000 codes of 80 dims)
 
 
@@ -201,6 +203,8 @@ def fit_mixture(
     INACTIVE_VAR, as active units count them); the others, which a VAE's decoder ignores, get
     each component's mean and variance only. A 32-d latent with 12 active dims costs a fit
     (12/32)² as much, and draws the same images."""
+    if iterations < 1:
+        raise ValueError(f"fit_mixture: iterations={iterations} must be at least 1")
     if covariance not in COVARIANCES:
         raise UserError(
             f"eval.expost_covariance={covariance!r} is not valid; the ex-post prior's components have "
@@ -229,7 +233,7 @@ class ExpostSettings:
     max_codes: int = MAX_CODES
 
     def tag(self) -> str:
-        return f"{self.components}{self.covariance}-seed{self.seed}-codes{self.max_codes}"
+        return f"{self.components}{self.covariance}-seed{self.seed}-codes{self.max_codes}-v{EXPOST_VERSION}"
 
     def describe(self) -> str:
         return f"{self.components} Gaussians, {self.covariance} covariances"
@@ -300,10 +304,12 @@ def fit_and_save(
 ) -> GaussianMixture:
     """The ex-post prior of ``vae`` fitted to ``settings.max_codes`` training codes, saved in
     ``<run_dir>/expost/`` (given one). ``progress(n)`` counts the codes encoded."""
+    path = None if run_dir is None else mixture_path(run_dir, vae, settings)  # the weights as given
     start = time.perf_counter()
     z = training_codes(vae, datamodule, settings.max_codes, settings.seed, progress=progress)
-    gm = fit_mixture(z, settings.components, seed=settings.seed, covariance=settings.covariance)
-    path = None if run_dir is None else mixture_path(run_dir, vae, settings)
+    gm = fit_mixture(
+        z, settings.components, seed=settings.seed, covariance=settings.covariance, max_codes=None
+    )
     log.info(
         "ex-post prior: %s fitted to %d training codes in %.1f s%s",
         settings.describe(),
@@ -318,10 +324,22 @@ def fit_and_save(
 
 
 def load_or_fit(
-    vae, datamodule, settings: ExpostSettings, run_dir: str | Path | None = None
+    vae,
+    datamodule,
+    settings: ExpostSettings,
+    run_dir: str | Path | None = None,
+    refit: bool = False,
+    progress: Callable[[int], contextlib.AbstractContextManager] | None = None,
 ) -> GaussianMixture:
-    """The run's saved mixture for these weights and settings, else a new one, saved."""
-    return saved_mixture(run_dir, vae, settings) or fit_and_save(vae, datamodule, settings, run_dir)
+    """The run's saved mixture for these weights and settings, else (or with ``refit``) a new
+    one, saved; ``progress(n)`` makes the progress display of a fit on n codes (``update(k)``)."""
+    saved = None if refit else saved_mixture(run_dir, vae, settings)
+    if saved is not None:
+        return saved
+    if progress is None:
+        return fit_and_save(vae, datamodule, settings, run_dir)
+    with progress(min(settings.max_codes, len(datamodule.splits["train"]["images"]))) as bar:
+        return fit_and_save(vae, datamodule, settings, run_dir, bar.update)
 
 
 @torch.no_grad()

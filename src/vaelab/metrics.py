@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vaelab.data.base import to_unit_float
+from vaelab.data.base import DEQUANTISED, to_unit_float
 from vaelab.model import elbo
 from vaelab.model.likelihoods.base import DATA_KINDS
 
@@ -66,7 +66,7 @@ class DataModel:
     def scored(self, seed: int) -> str:
         """What the evaluation scores, in the words training's metrics.json uses (scored_data)."""
         if self.dequantized:
-            return f"uniformly dequantised 8-bit data (k + u)/256, noise seed eval.seed={seed}"
+            return f"{DEQUANTISED}, noise seed eval.seed={seed}"
         return "the values as they are (k/255; binary: 0 or 1)"
 
     def prepare(self, images: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -103,8 +103,6 @@ class VAEModule(L.LightningModule):
             return out.loss
         metrics = {f"{stage}/loss": out.loss, **{f"{stage}/{k}": v.mean() for k, v in out.terms.items()}}
         opts = dict(on_step=train, on_epoch=not train, sync_dist=not train, batch_size=x.shape[0])
-        # test values are one point each: metrics.json and HPARAMS' columns hold them, not charts
-        opts["logger"] = stage != "test"
         self.log(f"{stage}/loss", out.loss, prog_bar=True, **opts)
         self.log_dict({k: v for k, v in metrics.items() if k != f"{stage}/loss"}, **opts)
         if train:
@@ -168,9 +166,10 @@ class VAEModule(L.LightningModule):
         """Random streams seeded with EVAL_SEED until the epoch ends, then training's restored
         as they were: the evaluation noise never depends on how far training got."""
         self._end_seeded_evaluation()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        device = self.device
+        devices = [device.index or 0] if device.type not in ("cpu", "meta") else []
         self._seeded = contextlib.ExitStack()
-        self._seeded.enter_context(torch.random.fork_rng(devices=devices))
+        self._seeded.enter_context(torch.random.fork_rng(devices=devices, device_type=device.type))
         torch.manual_seed(EVAL_SEED + self.global_rank)
 
     def _end_seeded_evaluation(self) -> None:
@@ -188,6 +187,9 @@ class VAEModule(L.LightningModule):
         self._seed_evaluation()
 
     def on_test_epoch_end(self) -> None:
+        self._end_seeded_evaluation()
+
+    def teardown(self, stage: str) -> None:  # an epoch that raised: training's streams back too
         self._end_seeded_evaluation()
 
     def configure_optimizers(self):

@@ -23,6 +23,7 @@ from vaelab.data.loader import CPU, EpochBatchSampler, TensorBatchLoader, check_
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+DEQUANTISED = "uniformly dequantised 8-bit data (k + u)/256"  # what a density is scored on
 
 
 class ImageDataModule(L.LightningDataModule, abc.ABC):
@@ -88,7 +89,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         if self.binarize:
             return f"binarised pixels (one fixed draw per split, dataset.seed={self.seed})"
         if self.dequantize:
-            return "uniformly dequantised 8-bit data (k + u)/256, fixed noise seed"
+            return f"{DEQUANTISED}, fixed noise seed"
         return "the 8-bit values k/255"
 
     def fixed_binarization(self, split: str, images: Tensor) -> Tensor:
