@@ -279,7 +279,7 @@ def test_the_ex_post_prior_is_fitted_once_per_weights_and_settings_and_exports_c
     second = _evaluate(mnist_run, tmp_path / "b", extra)
     said = [r.getMessage() for r in caplog.records if r.name == "vaelab.expost"]
     assert "fitted to 280 training codes" in said[0] and "read from" in said[1] and len(said) == 2
-    assert len(list((mnist_run / "expost").glob("*-3full-seed0-codes10000.pt"))) == 1
+    assert len(list((mnist_run / "expost").glob("*-3full-seed0-codes10000-v1.pt"))) == 1
     assert first["expost_prior"] == second["expost_prior"] == "3 Gaussians, full covariances"
     a, b = (sorted((tmp_path / d / "samples").glob("*.png")) for d in ("a", "b"))
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b] and len(a) == 4  # seeded

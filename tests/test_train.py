@@ -56,7 +56,7 @@ def test_mnist_two_steps_writes_checkpoint_metrics_and_tensorboard(tmp_path, mni
     assert (expost.width, expost.height) == (8 * 30 + 2, 30 + 2)
     # the result picture's ex-post prior is kept with the run, named by its weights and settings
     (saved,) = (out / "expost").glob("*.pt")
-    assert re.fullmatch(r"[0-9a-f]{16}-50full-seed0-codes10000\.pt", saved.name)
+    assert re.fullmatch(r"[0-9a-f]{16}-50full-seed0-codes10000-v1\.pt", saved.name)
     mixture = torch.load(saved, weights_only=True)
     assert mixture["means"].shape == (50, 32) and mixture["codes"] == 280  # every training image
 
