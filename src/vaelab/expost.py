@@ -40,7 +40,10 @@ SAMPLERS = ("prior", "expost")  # what eval.sampler and friends may draw from
 EXPOST_VERSION = 1  # bump when the fit changes: saved mixtures of older fits are not reused
 MAX_CODES = 10_000  # codes a fit uses at most (a seeded subsample of the training set's)
 INACTIVE_VAR = 0.01  # a dim whose codes vary less is inactive (Burda et al.'s active units)
-TOLERANCE = 1e-3  # EM stops when the mean log-likelihood gains less than this (nats per code)
+# EM stops when the mean log-likelihood gains less than this per code and dim in an iteration:
+# 0.0016 nats for 16 dims (MNIST, ~50 iterations), 0.013 for 128 (CelebA: 15 iterations and 15 s
+# where 1e-3 took 67 and 70 s, for the same samples: judge FD 21.4 both)
+TOLERANCE = 1e-4
 ROWS_PER_CHUNK = 1 << 22  # (code, dim, dim) entries of packed outer products built at once: 32 MB
 KEPT_ENTRIES = 1 << 25  # packed outer products kept for the whole fit (256 MB: 10,000 codes of 80 dims)
 
@@ -161,7 +164,7 @@ def _em(
         means = (resp.T @ z) / mass[:, None]
         gm = GaussianMixture(mass / mass.sum(), means, _scale_trils(codes, resp, mass, means, covariance))
         current = float(total.mean())
-        if current - previous < tolerance:
+        if current - previous < tolerance * z.shape[1]:
             break
         previous = current
     return gm, resp
@@ -197,7 +200,7 @@ def fit_mixture(
 ) -> GaussianMixture:
     """EM for a Gaussian mixture on the rows of ``z`` (N, D) (a seeded subsample of
     ``max_codes`` rows when there are more; None: all), with full or diagonal covariances;
-    stops once the mean log-likelihood gains less than ``tolerance`` nats in an iteration.
+    stops once the mean log-likelihood gains less than ``tolerance`` nats per dim in an iteration.
 
     Full covariances are fitted on the dims the codes use (variance over the codes above
     INACTIVE_VAR, as active units count them); the others, which a VAE's decoder ignores, get
