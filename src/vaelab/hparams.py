@@ -156,12 +156,15 @@ def write_hparams(
 
 def log_final_hparams(trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
     """Log the hyper-parameters with the final-metric columns, on rank 0 after the test."""
-    swept = swept_overrides()
-    params = hyperparameters(cfg, swept) | one_point_columns(metrics)
+    swept, tests = swept_overrides(), one_point_columns(metrics)
+    params = hyperparameters(cfg, swept) | tests
+    # marked as differing (which they do between runs), the test values are ticked and shown
+    # beside the swept keys instead of hidden after the first five hyper-parameters
+    leading = set(swept) | set(tests)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             name = trial_name(Path(cfg.paths.output_dir))
-            write_hparams(logger.log_dir, params, set(swept), metric_tags(metrics), name)
+            write_hparams(logger.log_dir, params, leading, metric_tags(metrics), name)
         else:
             logger.log_hyperparams(params)
             logger.finalize("success")  # the trainer already closed its writers: flush these too
