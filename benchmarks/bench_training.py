@@ -64,6 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
     p.add_argument("--run-epochs", type=int, default=10, help="epochs of the whole-run comparison")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (all pipelines)")
+    p.add_argument(
+        "--run-threads",
+        default="own",
+        help="threads of the whole-run comparison: own (each as its user gets it: torch's default for "
+        "the classic loop, vaelab's thread policy and OpenMP spin as src/train.py sets them) or a number",
+    )
     p.add_argument("--celeba-images", type=int, default=None, help="train images per CelebA epoch")
     p.add_argument("--classic-workers", type=int, default=None, help="DataLoader workers of (b)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
@@ -293,6 +299,18 @@ def summarize_rates(runs: list[dict]) -> dict:
     }
 
 
+# the whole run as each pipeline's user starts it: a pytorch/examples user gets torch's defaults
+# (a thread per core, OpenMP's long spin); src/train.py sets a short spin and its thread policy
+OWN_THREADS = {"classic": {}, "vaelab": THREAD_VARIANTS["default"][0]}
+
+
+def run_spec(args, spec: dict, name: str) -> dict:
+    """The whole-run comparison's spec for ``name``: ``--run-threads`` threads, or its own defaults."""
+    if args.run_threads != "own":
+        return {**spec, "threads": int(args.run_threads)}
+    return {**spec, "threads": None, "env": OWN_THREADS[name]}
+
+
 def run_benchmarks(args, work: Path) -> dict:
     data = prepare_data(args, work)
     only = args.only.split(",")
@@ -304,7 +322,10 @@ def run_benchmarks(args, work: Path) -> dict:
         if "mnist" in only:
             sections["mnist"] = epoch_section(args, spec, work)
         if "run" in only:
-            run = {name: measure(spec, f"run_{name}", work) for name in ("classic", "vaelab")}
+            run = {
+                name: measure(run_spec(args, spec, name), f"run_{name}", work)
+                for name in ("classic", "vaelab")
+            }
             run["ratios"] = ratios(run, {"": "seconds", " cpu": "cpu_seconds"})
             sections["run"] = run
     if "threads" in only:
@@ -333,6 +354,7 @@ def machine(args) -> dict:
         "channels_last": args.channels_last,
         "on_device": args.on_device,
         "threads": args.threads,
+        "run_threads": args.run_threads,
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[0],
         "python": platform.python_version(),
@@ -366,7 +388,9 @@ def table(report: dict) -> str:
         if bench in report["sections"]:
             lines += epoch_table(report, bench)
     if "run" in report["sections"]:
-        lines += run_table(report["sections"]["run"], m["run_epochs"])
+        own = "each pipeline's own defaults (torch's for classic, vaelab's thread policy)"
+        threads = own if m.get("run_threads", "own") == "own" else f"{m['run_threads']} per process"
+        lines += run_table(report["sections"]["run"], m["run_epochs"], threads)
     if "threads" in report["sections"]:
         lines += thread_table(report["sections"]["threads"], m)
     for bench, r in report.get("cache_build", {}).items():
@@ -404,9 +428,10 @@ def epoch_table(report: dict, bench: str) -> list[str]:
     return lines + [ratio_line(section["ratios"])]
 
 
-def run_table(run: dict, epochs: int) -> list[str]:
+def run_table(run: dict, epochs: int, threads: str) -> list[str]:
     lines = ["", f"Whole MNIST run, {epochs} epochs of train + validation, logging on (vaelab: every"]
-    lines += ["default extra on: test, sample quality with its cached judge, ex-post grids, result picture):"]
+    lines += ["default extra on: test, sample quality with its cached judge, ex-post grids, result picture;"]
+    lines += [f"threads: {threads}):"]
     for name in ("classic", "vaelab"):
         r = run[name]
         lines.append(

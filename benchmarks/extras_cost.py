@@ -3,10 +3,11 @@ with their cheap ex-post fit, and the result picture with its ex-post prior.
 
 Times ``python src/train.py`` as a user runs it (a new process each, real MNIST) for
 ``--epochs`` epochs with every extra on, and with ``callbacks.sample_quality=null
-callbacks.result_figure.expost_components=0 callbacks.image_grids.expost_components=0``, alternated ``--rounds`` times after one untimed
-run that builds the data cache and the judge (both cached once per machine, as a user's second
-run finds them). Prints each time, where each run's log says its seconds went, and the ratio of
-the means (target: ≤ 1.15); writes the numbers as JSON.
+callbacks.result_figure.expost_components=0 callbacks.image_grids.expost_components=0``,
+alternated ``--rounds`` times after one untimed run that builds the data cache and the judge
+(both cached once per machine, as a user's second run finds them). Prints each time, where each
+run's log says its seconds went, and the ratio of the means (target: ≤ 1.15); writes the
+numbers as JSON.
 
     python benchmarks/extras_cost.py                      # 3 epochs, 2 rounds
     python benchmarks/extras_cost.py --epochs 1 --rounds 1
