@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train sweep eval test lint format tensorboard bench results clean
+.PHONY: install train sweep eval generate test lint format tensorboard bench results clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ sweep: install  ## Hydra multirun over the latent size
 
 eval: install  ## evaluate a checkpoint: make eval ARGS="ckpt_path=<run>/checkpoints/last.ckpt"
 	$(BIN)/python src/eval.py $(ARGS)
+
+generate: install  ## samples to disk: make generate ARGS="ckpt_path=<run>/checkpoints/last.ckpt n=1000"
+	$(BIN)/python src/generate.py $(ARGS)
 
 test: install  ## the whole test suite
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -101,8 +101,8 @@ def _overridden_keys(overrides: Sequence[str]) -> list[str]:
     return keys
 
 
-def eval_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
-    """The run's saved config + this command's eval sections + its explicit overrides."""
+def eval_config(cfg: DictConfig, overrides: Sequence[str] = (), own: Sequence[str] = EVAL_KEYS) -> DictConfig:
+    """The run's saved config + this command's own sections ``own`` + its explicit overrides."""
     keys = _overridden_keys(overrides)
     run = Path(run_dir_of(cfg.ckpt_path))
     newest = records(run)  # a resume may have changed the data folder: its record is the newest
@@ -111,7 +111,7 @@ def eval_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
         log.warning("no saved run config at %s: using this command's dataset and paths", saved)
         return cfg
     final = OmegaConf.load(saved)
-    for key in EVAL_KEYS:
+    for key in own:
         final[key] = cfg[key]
     final.paths.output_dir = cfg.paths.output_dir
     for key in keys:
@@ -122,7 +122,7 @@ def eval_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 # -- the evaluation ------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
+def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -353,7 +353,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     )
     print(config_tree(shown, first=("dataset", "eval", "figures", "fid", "paths")), flush=True)
     hp = ckpt["hyper_parameters"]
-    vae = model_from_checkpoint(ckpt).to(_device(cfg.eval.device))
+    vae = model_from_checkpoint(ckpt).to(device_of(cfg.eval.device))
     datamodule, split = _load_split(cfg, hp["image_shape"])
     metrics, mu = _numbers(cfg, vae, split)
     expost = _expost_prior(cfg, vae, datamodule)

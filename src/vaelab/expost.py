@@ -292,9 +292,7 @@ def saved_mixture(run_dir: str | Path | None, vae, settings: ExpostSettings) -> 
     if path is None or not path.is_file():
         return None
     gm = load_mixture(path)
-    log.info(
-        "ex-post prior: %s, read from %s (eval.expost_refit=true fits it again)", settings.describe(), path
-    )
+    log.info("ex-post prior: %s, read from %s", settings.describe(), path)
     return gm
 
 
