@@ -13,6 +13,16 @@ from vaelab import resolvers  # noqa: E402, F401  (the ${vaelab.…} resolvers o
 __version__ = "0.1.0"
 
 
+def __getattr__(name: str):
+    """``vaelab.load`` and ``vaelab.load_data`` (:mod:`vaelab.trained`), imported on first use:
+    ``import vaelab`` stays light (no torch, no Lightning) for the entry points."""
+    if name in ("load", "load_data"):
+        from vaelab import trained
+
+        return getattr(trained, name)
+    raise AttributeError(f"module 'vaelab' has no attribute {name!r}")
+
+
 def use_thread_policy(threads="auto") -> str:
     """Set torch's CPU threads as src/train.py and src/eval.py do (:mod:`vaelab.threads`): with
     ``auto``, the cores this process may use less those other jobs keep busy, so a notebook on a
