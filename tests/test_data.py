@@ -337,9 +337,9 @@ def test_celeba_build_logs_its_work_and_draws_no_bar_without_a_terminal(
 ):
     """A log file gets a line per tenth of the work, not tqdm's carriage returns (at CelebA's
     full size, one 28 KB line), and says what was cached, how fast, how big and where."""
-    import vaelab.data.celeba as celeba
+    import vaelab.data.decode as decode
 
-    monkeypatch.setattr(celeba, "DECODE_CHUNK", 4)
+    monkeypatch.setattr(decode, "DECODE_CHUNK", 4)
     root = write_celeba(tmp_path / "d", n=40)
     caplog.set_level("INFO")
     dm = CelebADataModule(str(root), str(tmp_path / "cache"), decode_workers=2)

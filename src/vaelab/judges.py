@@ -106,7 +106,10 @@ def _label_kind(labels: Tensor) -> tuple[int, bool]:
         if labels.shape[1] == 0:
             raise UserError(
                 "This dataset has no labels to train a sample-quality judge on (CelebA without "
-                "celeba/list_attr_celeba.txt): add the attribute file, or turn the judge off with "
+                "celeba/list_attr_celeba.txt, dataset=folder without dataset.labels=true), so this run "
+                "has no sample-quality numbers (val_quality/*, eval's quality/*); its likelihoods, "
+                "pictures and ex-post prior are unaffected. Add labels (the attribute file; one "
+                "sub-folder per class with dataset.labels=true), or turn the judge off with "
                 "callbacks.sample_quality=null (training) / eval.quality=false (src/eval.py)."
             )
         return labels.shape[1], True

@@ -9,26 +9,22 @@ images at another resolution get the same framing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vaelab.data.base import SPLITS, ImageDataModule
 from vaelab.data.cache import file_fingerprint
+from vaelab.data.decode import decode_all, decode_image
 from vaelab.errors import UserError
-from vaelab.progress import Progress
 
 log = logging.getLogger(__name__)
 
-DECODE_CHUNK = 256  # images per task of a decode worker
 PARTITION_IDS = {"0": "train", "1": "val", "2": "test"}
 DOWNLOAD_HINT = (
     "Download CelebA's 'Align&Cropped Images' (img_align_celeba.zip) and "
@@ -40,37 +36,9 @@ DOWNLOAD_HINT = (
 
 
 def decode_face(path: str, size: int, crop_fraction: float) -> np.ndarray | None:
-    """One image → uint8 (3, size, size): centered square crop of the width, then resize.
-
-    Returns None for an unreadable image (the caller skips and counts it).
-    """
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            side = max(1, round(w * crop_fraction))
-            # Let the JPEG decoder downscale by 2/4/8 when that still leaves ≥ size pixels.
-            scale = size / side
-            im.draft("RGB", (int(np.ceil(w * scale)), int(np.ceil(h * scale))))
-            ratio = im.size[0] / w
-            w, h, side = im.size[0], im.size[1], max(1, round(side * ratio))
-            left, top = (w - side) // 2, max(0, (h - side) // 2)
-            im = im.convert("RGB").crop((left, top, left + side, top + side))
-            im = im.resize((size, size), Image.BILINEAR)
-            return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
-        return None
-
-
-def _decode_chunk(args) -> tuple[np.ndarray, np.ndarray]:
-    """A chunk of images as one (n, 3, size, size) block + its ok mask: one buffer to send back
-    and to copy in, instead of n small arrays that fragment the receiving process's heap."""
-    paths, size, crop = args
-    block, ok = np.zeros((len(paths), 3, size, size), np.uint8), np.zeros(len(paths), bool)
-    for i, path in enumerate(paths):
-        face = decode_face(path, size, crop)
-        if face is not None:
-            block[i], ok[i] = face, True
-    return block, ok
+    """One face → uint8 (3, size, size): the centered square of ``crop_fraction`` of its width
+    (the shorter side of CelebA's portrait images), resized; None when unreadable."""
+    return decode_image(path, size, crop_fraction, channels=3)
 
 
 class CelebADataModule(ImageDataModule):
@@ -239,35 +207,5 @@ class CelebADataModule(ImageDataModule):
         return out
 
     def _decode_all(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode into one preallocated uint8 tensor (never a second copy) + an ok mask.
-
-        The decode workers are forked before the tensor exists, and ``torch.empty`` leaves its
-        pages untouched: a tensor zero-filled before the fork would be shared copy-on-write, so
-        each page the parent wrote afterwards would be copied while the children kept the old
-        one (at CelebA's full size, 5.6 GB summed over the processes for 2.5 GB of images).
-        """
-        size, chunk = self.image_size, DECODE_CHUNK
         paths = [str(self.image_dir / n) for n in names]
-        jobs = [(paths[i : i + chunk], size, self.crop_fraction) for i in range(0, len(paths), chunk)]
-        workers = max(1, min(self.decode_workers or os.cpu_count() or 1, len(jobs)))
-        log.info(
-            "decoding %d CelebA images from %s to %dx%d with %d process(es)",
-            len(paths),
-            self.image_dir,
-            size,
-            size,
-            workers,
-        )
-        with contextlib.ExitStack() as stack:
-            if workers > 1:  # map() submits every job: the workers fork here, before the allocation
-                results = stack.enter_context(ProcessPoolExecutor(workers)).map(_decode_chunk, jobs)
-            else:
-                results = map(_decode_chunk, jobs)
-            images = torch.empty(len(names), 3, size, size, dtype=torch.uint8)
-            ok = torch.zeros(len(names), dtype=torch.bool)
-            with Progress(len(paths), f"caching CelebA {size}x{size}", "images", logger=log) as progress:
-                for j, (block, good) in enumerate(results):
-                    images[j * chunk : j * chunk + len(block)] = torch.from_numpy(block)
-                    ok[j * chunk : j * chunk + len(block)] = torch.from_numpy(good)
-                    progress.update(len(block))
-        return images, ok
+        return decode_all(paths, self.image_size, self.crop_fraction, 3, self.decode_workers, "CelebA")
