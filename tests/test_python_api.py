@@ -76,3 +76,21 @@ def test_log_likelihood_is_what_src_eval_reports_for_the_same_images(run_dir, tm
 def test_a_folder_without_checkpoints_says_what_to_give(tmp_path):
     with pytest.raises(UserError, match="neither a checkpoint nor a run folder with checkpoints/"):
         vaelab.load(tmp_path)
+
+
+@pytest.mark.parametrize("model_option", ["conditional", "hierarchical"])
+def test_conditional_and_hierarchical_runs_sample_from_python(tmp_path, model_option):
+    out = tmp_path / "run"
+    over = [*tiny_overrides(write_mnist(tmp_path / "data"), out, tmp_path / "cache"), "dataset.val_size=40"]
+    over += [f"model={model_option}", "callbacks.sample_quality=null"]
+    cfg = compose_config(over)
+    train(cfg)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    (out / ".hydra" / "overrides.yaml").write_text("[]\n")
+    model = vaelab.load(out)
+    x = model.sample(4, sampler="expost", seed=0)
+    assert x.shape == (4, 1, 28, 28) and torch.equal(x, model.sample(4, sampler="expost", seed=0))
+    if model_option == "conditional":  # a class's samples: its labels go to the decoder
+        threes = model.sample(4, seed=0, y=torch.full((4,), 3))
+        assert not torch.equal(threes, model.sample(4, seed=0, y=torch.full((4,), 7)))

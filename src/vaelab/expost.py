@@ -350,10 +350,12 @@ def sample_images(
     mixture: GaussianMixture | None = None,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    y: Tensor | None = None,
 ) -> Tensor:
     """n images in [0, 1]: decodings of prior draws, or of the ex-post ``mixture``'s when given
-    (lower stochastic layers drawn from the same ``generator``)."""
+    (lower stochastic layers drawn from the same ``generator``); a conditional VAE decodes them
+    with the labels ``y``, or cycles through its classes without."""
     if mixture is None:
-        return vae.sample(n, generator=generator, temperature=temperature)
+        return vae.sample(n, y=y, generator=generator, temperature=temperature)
     z = mixture.sample(n, generator, temperature).to(next(vae.parameters()).device)
-    return vae.generate(z, stochastic=True, generator=generator)
+    return vae.generate(z, y, stochastic=True, generator=generator)

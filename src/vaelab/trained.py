@@ -129,16 +129,22 @@ class TrainedModel:
 
     @torch.no_grad()
     def sample(
-        self, n: int, sampler: str = "prior", temperature: float = 1.0, seed: int | None = None
+        self,
+        n: int,
+        sampler: str = "prior",
+        temperature: float = 1.0,
+        seed: int | None = None,
+        y: Tensor | None = None,
     ) -> Tensor:
         """n images from the prior or the ex-post prior (``sampler="expost"``); the same seed
         gives the same images. A hierarchical VAE draws its lower layers too; a conditional one
-        cycles through its classes."""
+        decodes with the labels ``y`` (n class indices or attribute vectors), or cycles through
+        its classes without."""
         if sampler not in SAMPLERS:
             raise UserError(f"sampler={sampler!r} is not valid: use prior or expost.")
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         mixture = self.expost() if sampler == "expost" else None
-        return sample_images(self.vae, n, mixture, temperature, generator).float().cpu()
+        return sample_images(self.vae, n, mixture, temperature, generator, self._labels(y)).float().cpu()
 
     @torch.no_grad()
     def log_likelihood(
