@@ -331,7 +331,7 @@ def test_catalogue(case, tmp_path, capsys, caplog):
             ["model.optimzer=adam"],
             ("model.optimzer is not a key of the config", "Keys under model:", "optimizer"),
         ),
-        (["dataset=imagenet"], ("dataset=imagenet is not an option", "celeba, fashion_mnist, mnist")),
+        (["dataset=imagenet"], ("dataset=imagenet is not an option", "celeba, fashion_mnist, folder, mnist")),
         (["likelihood=poisson"], ("likelihood=poisson is not an option", "bernoulli, gaussian")),
         (["latent_dim=[1"], ("Cannot parse the override 'latent_dim=[1'",)),
     ],
