@@ -145,3 +145,20 @@ def run_train_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300, env_ext
         text=True,
         timeout=timeout,
     )
+
+
+def saved_tiny_run(tmp: Path, extra: list[str] = ()) -> Path:
+    """A two-step MNIST run in ``tmp/run``, its composed config and overrides saved where Hydra
+    saves them (what src/eval.py, src/generate.py and vaelab.load read)."""
+    from omegaconf import OmegaConf
+
+    from vaelab.train import run
+
+    out = tmp / "run"
+    over = [*tiny_overrides(write_mnist(tmp / "data"), out, tmp / "cache"), "dataset.val_size=40", *extra]
+    cfg = compose_config(over)
+    run(cfg)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    (out / ".hydra" / "overrides.yaml").write_text("[]\n")
+    return out

@@ -7,30 +7,16 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, compose_config, tiny_overrides, write_mnist
-from omegaconf import OmegaConf
+from conftest import ROOT, compose_config, saved_tiny_run
 from PIL import Image
 
 from vaelab.errors import UserError
 from vaelab.generate import run as generate
-from vaelab.train import run as train
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A two-step run with the config Hydra would have saved beside it."""
-    tmp = tmp_path_factory.mktemp("generate")
-    out = tmp / "run"
-    over = [
-        *tiny_overrides(write_mnist(tmp / "data"), out, tmp / "cache"),
-        "dataset.val_size=40",
-        "latent_dim=2",
-    ]
-    cfg = compose_config(over)
-    train(cfg)
-    (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    return out
+    return saved_tiny_run(tmp_path_factory.mktemp("generate"), ["latent_dim=2"])
 
 
 def _generate(run_dir, out, extra=()):

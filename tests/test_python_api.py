@@ -6,13 +6,11 @@ import re
 
 import pytest
 import torch
-from conftest import ROOT, compose_config, tiny_overrides, write_mnist
-from omegaconf import OmegaConf
+from conftest import ROOT, compose_config, saved_tiny_run
 
 import vaelab
 from vaelab.errors import UserError
 from vaelab.evaluate import run as evaluate
-from vaelab.train import run as train
 
 DOC = ROOT / "docs" / "python.md"
 PLACEHOLDER = "outputs/2026-12-08/10-00-00"
@@ -20,19 +18,7 @@ PLACEHOLDER = "outputs/2026-12-08/10-00-00"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("api")
-    out = tmp / "run"
-    over = [
-        *tiny_overrides(write_mnist(tmp / "data"), out, tmp / "cache"),
-        "dataset.val_size=40",
-        "latent_dim=3",
-    ]
-    cfg = compose_config(over)
-    train(cfg)
-    (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    (out / ".hydra" / "overrides.yaml").write_text("[]\n")
-    return out
+    return saved_tiny_run(tmp_path_factory.mktemp("api"), ["latent_dim=3"])
 
 
 def test_every_code_block_of_the_python_page_runs(run_dir, tmp_path, monkeypatch):
@@ -80,14 +66,7 @@ def test_a_folder_without_checkpoints_says_what_to_give(tmp_path):
 
 @pytest.mark.parametrize("model_option", ["conditional", "hierarchical"])
 def test_conditional_and_hierarchical_runs_sample_from_python(tmp_path, model_option):
-    out = tmp_path / "run"
-    over = [*tiny_overrides(write_mnist(tmp_path / "data"), out, tmp_path / "cache"), "dataset.val_size=40"]
-    over += [f"model={model_option}", "callbacks.sample_quality=null"]
-    cfg = compose_config(over)
-    train(cfg)
-    (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    (out / ".hydra" / "overrides.yaml").write_text("[]\n")
+    out = saved_tiny_run(tmp_path, [f"model={model_option}", "callbacks.sample_quality=null"])
     model = vaelab.load(out)
     x = model.sample(4, sampler="expost", seed=0)
     assert x.shape == (4, 1, 28, 28) and torch.equal(x, model.sample(4, sampler="expost", seed=0))

@@ -20,7 +20,7 @@ import torch
 
 from vaelab.data.base import SPLITS, ImageDataModule
 from vaelab.data.cache import file_fingerprint
-from vaelab.data.decode import decode_all, decode_image
+from vaelab.data.decode import decode_all, decode_image, split_rows
 from vaelab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -122,18 +122,15 @@ class CelebADataModule(ImageDataModule):
         """File names per split: the official partition, restricted to images present."""
         present = self._image_names()
         splits: dict[str, list[str]] = {s: [] for s in SPLITS}
-        with open(self.partition_file) as f:
-            for line_no, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 2 or parts[1] not in PARTITION_IDS:
-                    raise UserError(
-                        f"{self.partition_file}, line {line_no}: expected '<image>.jpg <0|1|2>', "
-                        f"got {line.strip()!r}. Fetch list_eval_partition.txt again."
-                    )
-                if parts[0] in present:
-                    splits[PARTITION_IDS[parts[1]]].append(parts[0])
+        rows = split_rows(
+            self.partition_file,
+            PARTITION_IDS,
+            "'<image>.jpg <0|1|2>'",
+            " Fetch list_eval_partition.txt again.",
+        )
+        for name, part in rows:
+            if name in present:
+                splits[PARTITION_IDS[part]].append(name)
         if not splits["train"]:
             raise UserError(
                 f"None of the images listed in {self.partition_file}'s train split is in "

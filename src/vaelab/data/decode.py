@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vaelab.errors import UserError
 from vaelab.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -99,3 +100,16 @@ def decode_all(
                 ok[j * chunk : j * chunk + len(block)] = torch.from_numpy(good)
                 progress.update(len(block))
     return images, ok
+
+
+def split_rows(path, splits, expected: str, hint: str = ""):
+    """(name, split) of each ``<name> <split>`` line of a split file (the name may hold spaces),
+    each split one of ``splits``; a bad line stops with its number and what was expected."""
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            parts = line.rsplit(maxsplit=1)
+            if not parts:
+                continue
+            if len(parts) != 2 or parts[1] not in splits:
+                raise UserError(f"{path}, line {line_no}: expected {expected}, got {line.strip()!r}.{hint}")
+            yield parts[0], parts[1]

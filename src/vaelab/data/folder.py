@@ -18,7 +18,7 @@ from PIL import Image
 
 from vaelab.data.base import SPLITS, ImageDataModule
 from vaelab.data.cache import file_fingerprint
-from vaelab.data.decode import decode_all
+from vaelab.data.decode import decode_all, split_rows
 from vaelab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -174,18 +174,8 @@ class FolderDataModule(ImageDataModule):
 
     def _splits_from_file(self) -> list[str]:
         """``<path relative to root> <train|val|test>`` per line; a file it does not name: train."""
-        named = {}
-        with open(self.split_file) as f:
-            for line_no, line in enumerate(f, 1):
-                parts = line.rsplit(maxsplit=1)
-                if not parts:
-                    continue
-                if len(parts) != 2 or parts[1] not in SPLITS:
-                    raise UserError(
-                        f"{self.split_file}, line {line_no}: expected '<image path relative to "
-                        f"dataset.root> <train|val|test>', got {line.strip()!r}."
-                    )
-                named[parts[0]] = parts[1]
+        expected = "'<image path relative to dataset.root> <train|val|test>'"
+        named = dict(split_rows(self.split_file, SPLITS, expected))
         return [named.get(str(p.relative_to(self.root)), "train") for p in self.files()]
 
     def _check_sizes(self, files: list[Path]) -> None:
