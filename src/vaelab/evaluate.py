@@ -175,7 +175,7 @@ def _expost_prior(cfg: DictConfig, vae, datamodule) -> GaussianMixture | None:
     settings = ExpostSettings(ev.expost_components, ev.expost_covariance, ev.seed, ev.expost_codes)
     label = f"ex-post prior: {settings.components} Gaussians, encoding training codes"
     return load_or_fit(
-        vae, datamodule, settings, cfg.run_dir, ev.expost_refit, lambda n: Progress(n, label, "codes")
+        vae, lambda: datamodule, settings, cfg.run_dir, ev.expost_refit, lambda n: Progress(n, label, "codes")
     )
 
 

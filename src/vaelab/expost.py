@@ -132,13 +132,18 @@ def _kmeans_pp(z: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.cat(centres)
 
 
+def _diag_scales(z: Tensor, resp: Tensor, mass: Tensor, means: Tensor) -> Tensor:
+    """(K, D): each component's responsibility-weighted standard deviation per dim, with MIN_VAR."""
+    second = resp.T @ z.square() / mass[:, None]  # E_k[z²]
+    return ((second - means.square()).clamp_min(0) + MIN_VAR).sqrt()
+
+
 def _scale_trils(codes: _Codes, resp: Tensor, mass: Tensor, means: Tensor, covariance: str) -> Tensor:
     """The M step's Cholesky factors: each component's responsibility-weighted covariance (or
     only its diagonal) plus MIN_VAR on the diagonal, all components at once."""
     d = means.shape[1]
     if covariance == "diag":
-        second = resp.T @ codes.z.square() / mass[:, None]  # E_k[z²]
-        return torch.diag_embed((second - means.square()).clamp_min(0) + MIN_VAR).sqrt()
+        return torch.diag_embed(_diag_scales(codes.z, resp, mass, means))
     rows = resp.split(codes.size)
     second = codes.unpack(sum(r.T @ outer for r, (_, outer) in zip(rows, codes.chunks(), strict=True)))
     cov = second / mass[:, None, None] - means[:, :, None] * means[:, None, :]
@@ -177,9 +182,7 @@ def _with_inactive_dims(gm: GaussianMixture, z: Tensor, active: Tensor, resp: Te
     rest = z[:, ~active]
     mass = resp.sum(0) + 1e-12
     rest_means = (resp.T @ rest) / mass[:, None]
-    rest_scales = _scale_trils(_Codes(rest, keep=False), resp, mass, rest_means, "diag").diagonal(
-        dim1=1, dim2=2
-    )
+    rest_scales = _diag_scales(rest, resp, mass, rest_means)
     means = torch.zeros(k, d, dtype=z.dtype)
     means[:, active], means[:, ~active] = gm.means, rest_means
     a, i = active.nonzero().squeeze(1), (~active).nonzero().squeeze(1)
@@ -205,7 +208,7 @@ def fit_mixture(
     Full covariances are fitted on the dims the codes use (variance over the codes above
     INACTIVE_VAR, as active units count them); the others, which a VAE's decoder ignores, get
     each component's mean and variance only. A 32-d latent with 12 active dims costs a fit
-    (12/32)² as much, and draws the same images."""
+    (12/32)² as much."""
     if iterations < 1:
         raise ValueError(f"fit_mixture: iterations={iterations} must be at least 1")
     if covariance not in COVARIANCES:
@@ -286,26 +289,11 @@ def load_mixture(path: str | Path) -> GaussianMixture:
     return GaussianMixture(state["weights"], state["means"], state["scale_trils"])
 
 
-def saved_mixture(run_dir: str | Path | None, vae, settings: ExpostSettings) -> GaussianMixture | None:
-    """The mixture this run saved for these weights and settings, if it did."""
-    path = None if run_dir is None else mixture_path(run_dir, vae, settings)
-    if path is None or not path.is_file():
-        return None
-    gm = load_mixture(path)
-    log.info("ex-post prior: %s, read from %s", settings.describe(), path)
-    return gm
-
-
-def fit_and_save(
-    vae,
-    datamodule,
-    settings: ExpostSettings,
-    run_dir: str | Path | None = None,
-    progress: Callable[[int], object] | None = None,
+def _fit_and_save(
+    vae, datamodule, settings: ExpostSettings, path: Path | None, progress=None
 ) -> GaussianMixture:
-    """The ex-post prior of ``vae`` fitted to ``settings.max_codes`` training codes, saved in
-    ``<run_dir>/expost/`` (given one). ``progress(n)`` counts the codes encoded."""
-    path = None if run_dir is None else mixture_path(run_dir, vae, settings)  # the weights as given
+    """The ex-post prior of ``vae`` fitted to ``settings.max_codes`` training codes, saved at
+    ``path`` (given one). ``progress(n)`` counts the codes encoded."""
     start = time.perf_counter()
     z = training_codes(vae, datamodule, settings.max_codes, settings.seed, progress=progress)
     gm = fit_mixture(
@@ -326,21 +314,25 @@ def fit_and_save(
 
 def load_or_fit(
     vae,
-    datamodule,
+    data: Callable[[], object],
     settings: ExpostSettings,
     run_dir: str | Path | None = None,
     refit: bool = False,
     progress: Callable[[int], contextlib.AbstractContextManager] | None = None,
 ) -> GaussianMixture:
-    """The run's saved mixture for these weights and settings, else (or with ``refit``) a new
-    one, saved; ``progress(n)`` makes the progress display of a fit on n codes (``update(k)``)."""
-    saved = None if refit else saved_mixture(run_dir, vae, settings)
-    if saved is not None:
-        return saved
+    """The mixture the run saved in ``<run_dir>/expost/`` for these weights and settings, else
+    (or with ``refit``) one fitted on the training split of ``data()`` (a datamodule with its
+    splits loaded, asked for only when a fit is needed) and saved there. ``progress(n)`` makes
+    the progress display of a fit on n codes (``update(k)``)."""
+    path = None if run_dir is None else mixture_path(run_dir, vae, settings)  # the weights as given
+    if path is not None and path.is_file() and not refit:
+        log.info("ex-post prior: %s, read from %s", settings.describe(), path)
+        return load_mixture(path)
+    datamodule = data()
     if progress is None:
-        return fit_and_save(vae, datamodule, settings, run_dir)
+        return _fit_and_save(vae, datamodule, settings, path)
     with progress(min(settings.max_codes, len(datamodule.splits["train"]["images"]))) as bar:
-        return fit_and_save(vae, datamodule, settings, run_dir, bar.update)
+        return _fit_and_save(vae, datamodule, settings, path, bar.update)
 
 
 @torch.no_grad()

@@ -470,7 +470,7 @@ class ResultFigure(L.Callback):
         if not self.expost.components or "train" not in getattr(datamodule, "splits", {}):
             return None
         with evaluation_mode(vae):
-            return load_or_fit(vae, datamodule, self.expost, self.run_dir)
+            return load_or_fit(vae, lambda: datamodule, self.expost, self.run_dir)
 
     def on_test_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or self._images is None:

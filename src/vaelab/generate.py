@@ -33,10 +33,21 @@ def _mixture(cfg: DictConfig, vae):
     """The run's ex-post prior for these weights (read, or fitted on its training data and saved)."""
     g = cfg.generate
     settings = ExpostSettings(g.expost_components, g.expost_covariance, 0, g.expost_codes)
-    datamodule = instantiate(cfg.dataset)
-    datamodule.splits = datamodule.load_splits()  # only when the run has no mixture for these weights
     label = f"ex-post prior: {settings.components} Gaussians, encoding training codes"
-    return load_or_fit(vae, datamodule, settings, cfg.run_dir, progress=lambda n: Progress(n, label, "codes"))
+    return load_or_fit(
+        vae,
+        lambda: _training_data(cfg),
+        settings,
+        cfg.run_dir,
+        progress=lambda n: Progress(n, label, "codes"),
+    )
+
+
+def _training_data(cfg: DictConfig):
+    """The run's datamodule with its splits loaded: only for a fit the run has not saved."""
+    datamodule = instantiate(cfg.dataset)
+    datamodule.splits = datamodule.load_splits()
+    return datamodule
 
 
 def _check(cfg: DictConfig) -> None:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from vaelab.errors import UserError
 from vaelab.evaluate import device_of, load_checkpoint, model_from_checkpoint
-from vaelab.expost import ExpostSettings, GaussianMixture, fit_and_save, sample_images, saved_mixture
+from vaelab.expost import ExpostSettings, GaussianMixture, load_or_fit, sample_images
 from vaelab.metrics import DataModel, batch_terms
 from vaelab.rundir import records
 from vaelab.threads import fixed_threads, set_threads
@@ -108,9 +108,7 @@ class TrainedModel:
         data (as src/eval.py would) and saved in the run."""
         if self._mixture is None:
             settings = self._expost_settings()
-            self._mixture = saved_mixture(self.run_dir, self.vae, settings) or fit_and_save(
-                self.vae, load_data_module(self), settings, self.run_dir
-            )
+            self._mixture = load_or_fit(self.vae, lambda: load_data_module(self), settings, self.run_dir)
         return self._mixture
 
     def _expost_settings(self) -> ExpostSettings:
