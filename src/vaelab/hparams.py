@@ -118,13 +118,22 @@ def one_point_columns(metrics: dict[str, float | None]) -> dict[str, float]:
     return dict(sorted(found.items(), key=lambda kv: (kv[0] != f"{ONE_POINT}elbo", kv[0])))
 
 
+def _edit(summary, change) -> None:
+    """Apply ``change`` to the HParams plugin data of one of torch's hparams summaries."""
+    value = summary.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    change(data)
+    value.metadata.plugin_data.content = data.SerializeToString()
+
+
 def _mark_differs(experiment, names: set[str]) -> None:
     """Flag the swept keys in the ``experiment`` summary: the view sorts them first."""
-    value = experiment.value[0]
-    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    for info in data.experiment.hparam_infos:
-        info.differs = info.name in names
-    value.metadata.plugin_data.content = data.SerializeToString()
+
+    def mark(data) -> None:
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in names
+
+    _edit(experiment, mark)
 
 
 def trial_name(run_dir: Path) -> str:
@@ -135,10 +144,7 @@ def trial_name(run_dir: Path) -> str:
 
 
 def _name_trial(start, name: str) -> None:
-    value = start.value[0]
-    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    data.session_start_info.group_name = name
-    value.metadata.plugin_data.content = data.SerializeToString()
+    _edit(start, lambda data: setattr(data.session_start_info, "group_name", name))
 
 
 def write_hparams(

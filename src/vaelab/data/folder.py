@@ -64,7 +64,7 @@ class FolderDataModule(ImageDataModule):
         self.split_file, self.decode_workers = split_file, decode_workers
         self._files: list[Path] | None = None
         self._empty = 0  # zero-byte image files found (skipped)
-        self._found_channels: int | None = None
+        self._header_cache: dict[Path, tuple[str, tuple[int, int]]] | None = None
 
     # -- what is in the folder -----------------------------------------------------
     def files(self) -> list[Path]:
@@ -95,21 +95,24 @@ class FolderDataModule(ImageDataModule):
     def image_shape(self) -> tuple[int, int, int]:
         return (self._channels(), self.image_size, self.image_size)
 
+    def _headers(self) -> dict[Path, tuple[str, tuple[int, int]]]:
+        """(mode, size) of every readable image, from its header (one pass, kept): what the
+        channel count and the size check read."""
+        if self._header_cache is None:
+            self._header_cache = {}
+            for path in self.files():
+                try:
+                    with Image.open(path) as im:
+                        self._header_cache[path] = (im.mode, im.size)
+                except (OSError, ValueError, SyntaxError):
+                    continue  # counted as skipped when decoding
+        return self._header_cache
+
     def _channels(self) -> int:
         """dataset.channels, else 1 when every readable image is grey, 3 otherwise."""
         if self.channels is not None:
             return self.channels
-        if self._found_channels is None:
-            self._found_channels = 1
-            for path in self.files():
-                try:
-                    with Image.open(path) as im:
-                        if im.mode not in GREY_MODES:
-                            self._found_channels = 3
-                            break
-                except (OSError, ValueError, SyntaxError):
-                    continue
-        return self._found_channels
+        return 1 if all(mode in GREY_MODES for mode, _ in self._headers().values()) else 3
 
     def check(self) -> None:
         root = Path(self.root)
@@ -178,17 +181,14 @@ class FolderDataModule(ImageDataModule):
         named = dict(split_rows(self.split_file, SPLITS, expected))
         return [named.get(str(p.relative_to(self.root)), "train") for p in self.files()]
 
-    def _check_sizes(self, files: list[Path]) -> None:
+    def _check_sizes(self) -> None:
         """Images whose crop is smaller than image_size would be blown up: refused, named."""
-        small = []
-        for p in files:
-            try:
-                with Image.open(p) as im:
-                    side = min(im.size) * (self.crop_fraction or 1)
-            except (OSError, ValueError, SyntaxError):
-                continue
-            if side < self.image_size:
-                small.append(f"{p.relative_to(self.root)} ({im.size[0]}x{im.size[1]})")
+        crop = self.crop_fraction or 1
+        small = [
+            f"{p.relative_to(self.root)} ({w}x{h})"
+            for p, (_, (w, h)) in self._headers().items()
+            if min(w, h) * crop < self.image_size
+        ]
         if small:
             raise UserError(
                 f"{len(small)} image(s) under dataset.root={self.root} are smaller than "
@@ -198,7 +198,7 @@ class FolderDataModule(ImageDataModule):
 
     def decode_splits(self) -> dict[str, torch.Tensor]:
         files = self.files()
-        self._check_sizes(files)
+        self._check_sizes()
         images, ok = decode_all(
             [str(p) for p in files],
             self.image_size,
